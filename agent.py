@@ -1,0 +1,296 @@
+"""CRM-aware phone agent: a LiveKit Agents worker for calls over a Vobiz SIP trunk.
+
+Run `python agent.py dev` to register with a LiveKit server, `python agent.py start`
+in production, or `python agent.py console --text` to talk to the agent in the
+terminal with only an OpenAI-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import aiohttp
+from livekit import rtc
+from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli, room_io
+from livekit.agents.voice.events import CloseEvent
+
+from call_lifecycle import CallRuntime, DispatchError, build_services, failed_record, parse_dispatch_metadata
+from call_record import INBOUND, CallRecord
+from phone import InvalidPhoneNumber, normalize_e164
+from prompt import build_instructions, greeting_instructions
+from settings import CONSOLE, WORKER, ConfigError, Settings, load_dotenv_file, load_settings
+from telephony import DialFailure, LiveKitSip, TransferResult
+from tools import CallServices, CallTools
+
+logger = logging.getLogger("agent")
+
+SIP_PHONE_ATTRIBUTE = "sip.phoneNumber"
+
+# Longest a job may take to exit once told to stop: the end-of-call CRM writes
+# (3 s) plus the webhook drain (at most 8 s), with room to spare. The framework
+# kills the process after this.
+SHUTDOWN_PROCESS_TIMEOUT = 15.0
+
+# Calls running in this process, by job id, so that `on_session_end` finds the
+# call whatever state the entrypoint reached. Popping the entry makes the end
+# report happen once.
+_calls: dict[str, CallRuntime] = {}
+
+
+class CallAgent(CallTools, Agent):
+    """The phone agent: instructions built from the CRM record, plus the four CRM tools."""
+
+    def __init__(self, *, record: CallRecord, services: CallServices) -> None:
+        super().__init__(instructions=build_instructions(record))
+        self.services = services
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Load the VAD once per process, before a job arrives."""
+    from livekit.plugins import silero
+
+    proc.userdata["vad"] = silero.VAD.load()
+
+
+def build_session(settings: Settings, record: CallRecord, *, console: bool, vad: Any) -> AgentSession[CallRecord]:
+    """The voice pipeline; the console runs text only, so it needs no Deepgram key or VAD."""
+    from livekit.plugins import openai
+
+    model = openai.LLM(model=settings.openai_model, base_url=settings.openai_base_url, api_key=settings.openai_api_key)
+    if console:
+        return AgentSession[CallRecord](llm=model, userdata=record, vad=None)
+
+    from livekit.plugins import deepgram
+
+    return AgentSession[CallRecord](
+        llm=model,
+        stt=deepgram.STT(api_key=settings.deepgram_api_key),
+        tts=openai.TTS(voice=settings.openai_tts_voice, api_key=settings.openai_api_key, base_url=settings.openai_base_url),
+        vad=vad,
+        userdata=record,
+    )
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """Run one call: find the callee, look them up, start the agent, dial, and wait for the end."""
+    console = ctx.is_fake_job() and not ctx.job.metadata
+    settings = load_settings(mode=CONSOLE if console else WORKER)
+
+    record = await _call_record(ctx, settings, console=console)
+    if record is None:
+        return
+
+    http = aiohttp.ClientSession()
+    services = build_services(settings, record, http)
+    runtime = CallRuntime(record=record, services=services, http=http)
+    _calls[ctx.job.id] = runtime
+    ctx.log_context_fields = runtime.log_fields
+    ctx.add_shutdown_callback(runtime.aclose)
+
+    await runtime.lookup_contact()
+
+    session = build_session(settings, record, console=console, vad=ctx.proc.userdata.get("vad"))
+    # Model clients hold their own connection pools, which the session does not close.
+    runtime.own(session.llm, session.stt, session.tts)
+    session.on("close", lambda event: _on_session_close(ctx, runtime, event))
+    agent = CallAgent(record=record, services=services)
+
+    if console:
+        await _start_session(ctx, session, agent, record)
+        _answer(runtime, session)
+        return
+
+    sip = LiveKitSip(ctx.api, room_name=ctx.room.name, participant_identity=record.participant_identity)
+    services.calls = _Transfers(sip, settings)
+
+    # Start the session before dialing so that it listens from the first moment
+    # of the call; it says nothing until the dial returns answered.
+    await _start_session(ctx, session, agent, record)
+    _watch_callee(ctx, runtime)
+    if record.direction == INBOUND:
+        _answer(runtime, session)
+        return
+    await _dial(ctx, runtime, sip, session)
+
+
+async def _call_record(ctx: JobContext, settings: Settings, *, console: bool) -> CallRecord | None:
+    """Work out whom this job calls; a bad dispatch is recorded as a failed call."""
+    room = ctx.room.name
+    if console:
+        return CallRecord(phone=settings.console_phone_number, room=room, job_id=ctx.job.id)
+
+    if not ctx.job.metadata and not ctx.is_fake_job():
+        return await _inbound_record(ctx, settings)
+
+    try:
+        target = parse_dispatch_metadata(ctx.job.metadata, default_region=settings.default_region)
+    except DispatchError as err:
+        logger.error("invalid dispatch metadata, not dialing", extra={"room": room, "error": str(err)})
+        await _report_failed_dispatch(ctx, settings, reason=str(err))
+        return None
+
+    return CallRecord(
+        phone=target.phone,
+        room=room,
+        trunk_id=settings.outbound_trunk_id,
+        job_id=ctx.job.id,
+        metadata=target.metadata,
+    )
+
+
+async def _inbound_record(ctx: JobContext, settings: Settings) -> CallRecord | None:
+    participant = await ctx.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_SIP)
+    raw = participant.attributes.get(SIP_PHONE_ATTRIBUTE, "")
+    try:
+        phone = normalize_e164(raw, default_region=settings.default_region)
+    except InvalidPhoneNumber:
+        logger.warning("inbound caller number unreadable", extra={"room": ctx.room.name})
+        phone = None
+
+    return CallRecord(
+        phone=phone,
+        room=ctx.room.name,
+        direction=INBOUND,
+        job_id=ctx.job.id,
+        participant_identity=participant.identity,
+    )
+
+
+async def _report_failed_dispatch(ctx: JobContext, settings: Settings, *, reason: str) -> None:
+    """Send the one call.ended of a dispatch that could not dial, then end the job."""
+    record = failed_record(room=ctx.room.name, job_id=ctx.job.id, reason=reason)
+    http = aiohttp.ClientSession()
+    runtime = CallRuntime(record=record, services=build_services(settings, record, http), http=http)
+    _calls[ctx.job.id] = runtime
+    ctx.add_shutdown_callback(runtime.aclose)
+    ctx.shutdown("invalid dispatch metadata")
+
+
+async def _start_session(
+    ctx: JobContext, session: AgentSession[CallRecord], agent: CallAgent, record: CallRecord
+) -> None:
+    if ctx.is_fake_job():
+        # A fake job's room is a mock; the console wires its own input and output.
+        await session.start(agent)
+        return
+
+    options = room_io.RoomOptions(participant_identity=record.participant_identity, delete_room_on_close=True)
+    await session.start(agent, room=ctx.room, room_options=options)
+
+
+async def _dial(ctx: JobContext, runtime: CallRuntime, sip: LiveKitSip, session: AgentSession[CallRecord]) -> None:
+    record = runtime.record
+    settings = runtime.services.settings
+    try:
+        await sip.dial(
+            trunk_id=settings.outbound_trunk_id,
+            phone=record.phone or "",
+            ringing_timeout=settings.ringing_timeout,
+            max_call_duration=settings.max_call_duration,
+            attributes={"call_id": record.call_id},
+        )
+    except DialFailure as failure:
+        record.end_reason = "dial failed"
+        record.mark_dial_failed(outcome=failure.outcome, sip_status=failure.sip_status, reason=failure.reason)
+        logger.warning(
+            "dial failed",
+            extra={**runtime.log_fields, "outcome": failure.outcome, "sip_status": failure.sip_status},
+        )
+        ctx.shutdown("dial failed")
+        return
+
+    _answer(runtime, session)
+
+
+def _answer(runtime: CallRuntime, session: AgentSession[CallRecord]) -> None:
+    runtime.mark_answered()
+    session.generate_reply(instructions=greeting_instructions(runtime.record))
+
+
+def _watch_callee(ctx: JobContext, runtime: CallRuntime) -> None:
+    """End the job when the callee leaves the room, whatever the disconnect reason."""
+
+    def on_participant_disconnected(participant: rtc.RemoteParticipant) -> None:
+        if participant.identity != runtime.record.participant_identity:
+            return
+        runtime.record.end_reason = runtime.record.end_reason or "callee left"
+        ctx.shutdown("callee left")
+
+    ctx.room.on("participant_disconnected", on_participant_disconnected)
+
+
+def _on_session_close(ctx: JobContext, runtime: CallRuntime, event: CloseEvent) -> None:
+    # A closed session does not end the job by itself; the job would stay in the room.
+    runtime.record.end_reason = runtime.record.end_reason or f"session closed: {event.reason.value}"
+    ctx.shutdown(f"session closed: {event.reason.value}")
+
+
+async def on_session_end(ctx: JobContext) -> None:
+    """Send the call's one call.ended event; the framework awaits this before the process exits."""
+    runtime = _calls.pop(ctx.job.id, None)
+    if runtime is None:
+        return
+    await runtime.finish(reason=runtime.record.end_reason or "job shutdown")
+
+
+class _Transfers:
+    """Transfers for the tools, bounded by TRANSFER_TIMEOUT."""
+
+    def __init__(self, sip: LiveKitSip, settings: Settings) -> None:
+        self._sip = sip
+        self._timeout = settings.transfer_timeout
+
+    async def transfer(self, *, transfer_to: str) -> TransferResult:
+        return await self._sip.transfer(transfer_to=transfer_to, timeout=self._timeout)
+
+
+def create_server(settings: Settings) -> AgentServer:
+    server = AgentServer(
+        host=settings.worker_host,
+        setup_fnc=prewarm,
+        shutdown_process_timeout=SHUTDOWN_PROCESS_TIMEOUT,
+    )
+    server.rtc_session(entrypoint, agent_name=settings.agent_name, on_session_end=on_session_end)
+    return server
+
+
+def main(argv: list[str]) -> int:
+    load_dotenv_file()
+    command = argv[1] if len(argv) > 1 else ""
+    mode = CONSOLE if command == "console" else WORKER
+
+    try:
+        settings = load_settings(mode=mode)
+    except ConfigError as err:
+        print(f"agent.py {command}: {err}", file=sys.stderr)
+        return 2
+
+    if command == "console":
+        _allow_console_without_portaudio(argv)
+    cli.run_app(create_server(settings))
+    return 0
+
+
+def _allow_console_without_portaudio(argv: list[str]) -> None:
+    """Let `console --text` run where the PortAudio library is missing.
+
+    The framework's console imports `sounddevice` even in text mode, and that
+    import fails without PortAudio (Linux servers rarely have it). Text mode
+    never touches audio, so an empty stand-in module is enough there.
+    """
+    if "--text" not in argv:
+        return
+    try:
+        import sounddevice  # noqa: F401
+    except OSError:
+        import types
+
+        stand_in = types.ModuleType("sounddevice")
+        stand_in.query_devices = lambda *args, **kwargs: None  # type: ignore[attr-defined]
+        sys.modules["sounddevice"] = stand_in
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,191 @@
+"""One call from dispatch to report: target, pre-call lookup, answer and end.
+
+The entrypoint in `agent.py` drives a `CallRuntime` through these steps, and the
+framework's `on_session_end` hook calls `CallRuntime.finish`, which sends the
+one `call.ended` event and logs the call on the CRM contact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from call_record import FAILED, CallRecord
+from crm_client import CrmClient, CrmError
+from phone import InvalidPhoneNumber, normalize_e164
+from settings import Settings
+from tools import CallServices
+from webhooks import CallEmitter, WebhookSender
+
+logger = logging.getLogger(__name__)
+
+# Ceiling on the CRM writes made after the call; with the webhook drain it must
+# fit inside the time the worker gives a job process to exit.
+END_OF_CALL_CRM_TIMEOUT = 3.0
+
+
+class DispatchError(ValueError):
+    """Dispatch metadata that cannot start a call."""
+
+
+@dataclass(frozen=True)
+class CallTarget:
+    phone: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_dispatch_metadata(raw: str, *, default_region: str) -> CallTarget:
+    """Read the job metadata: JSON with a `phone_number`; other keys are kept."""
+    if not raw or not raw.strip():
+        raise DispatchError("dispatch metadata is empty; expected JSON such as {\"phone_number\": \"+919800000001\"}")
+
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise DispatchError(f"dispatch metadata is not valid JSON ({err.msg} at position {err.pos})") from err
+    if not isinstance(data, dict):
+        raise DispatchError(f"dispatch metadata must be a JSON object, got {type(data).__name__}")
+    if "phone_number" not in data:
+        raise DispatchError("dispatch metadata has no phone_number; add the callee's number in E.164")
+
+    try:
+        phone = normalize_e164(data["phone_number"], default_region=default_region)
+    except InvalidPhoneNumber as err:
+        raise DispatchError(f"dispatch metadata phone_number is invalid: {err}") from err
+
+    extra = {key: value for key, value in data.items() if key != "phone_number"}
+    return CallTarget(phone=phone, metadata=extra)
+
+
+def build_services(settings: Settings, record: CallRecord, http: aiohttp.ClientSession) -> CallServices:
+    """The CRM client and webhook emitter of one call, sharing the process's HTTP session."""
+    sender = None
+    if settings.webhook_url:
+        sender = WebhookSender(url=settings.webhook_url, secret=settings.webhook_secret, session=http)
+
+    crm = None
+    if settings.crm_base_url:
+        crm = CrmClient(base_url=settings.crm_base_url, api_key=settings.crm_api_key, session=http)
+
+    return CallServices(settings=settings, emitter=CallEmitter(call_id=record.call_id, sender=sender), crm=crm)
+
+
+class CallRuntime:
+    """The record and services of the call running in this job."""
+
+    def __init__(self, *, record: CallRecord, services: CallServices, http: aiohttp.ClientSession) -> None:
+        self.record = record
+        self.services = services
+        self._http = http
+        self._owned: list[Any] = []
+        self._finished = False
+
+    @property
+    def log_fields(self) -> dict[str, Any]:
+        return {"call_id": self.record.call_id, "room": self.record.room}
+
+    async def lookup_contact(self) -> None:
+        """Find the callee in the CRM within CRM_LOOKUP_TIMEOUT; any failure leaves the contact unknown."""
+        record = self.record
+        crm = self.services.crm
+        if crm is None or record.phone is None:
+            record.lookup_status = "not_configured" if crm is None else "no_number"
+            logger.info("CRM lookup skipped", extra={**self.log_fields, "reason": record.lookup_status})
+            return
+
+        timeout = self.services.settings.crm_lookup_timeout
+        try:
+            # The client enforces the budget per request; this bounds the whole step too.
+            async with asyncio.timeout(timeout):
+                record.contact = await crm.find_by_phone(record.phone, timeout=timeout)
+        except CrmError as err:
+            record.lookup_status = err.reason
+        except TimeoutError:
+            record.lookup_status = "timeout"
+        else:
+            record.lookup_status = "found" if record.contact else "not_found"
+
+        level = logging.INFO if record.lookup_status in ("found", "not_found") else logging.WARNING
+        logger.log(level, "CRM lookup finished", extra={**self.log_fields, "lookup_status": record.lookup_status})
+
+    def mark_answered(self) -> None:
+        """Record the answer and send call.started; later calls do nothing."""
+        if self.record.answered:
+            return
+        self.record.mark_answered()
+        self.services.emitter.emit("call.started", self.record.started_fields())
+        logger.info("call answered", extra=self.log_fields)
+
+    async def finish(self, *, reason: str) -> None:
+        """Send call.ended once, log the call on the CRM, and wait for delivery within the drain time."""
+        if self._finished:
+            return
+        self._finished = True
+
+        record = self.record
+        record.finish(reason=reason)
+        await self._sync_crm()
+
+        emitter = self.services.emitter
+        emitter.emit("call.ended", record.ended_fields())
+        logger.info(
+            "call ended",
+            extra={**self.log_fields, "outcome": record.outcome, "sip_status": record.sip_status, "reason": reason},
+        )
+
+        delivered = await emitter.drain(self.services.settings.webhook_drain_timeout)
+        if not delivered:
+            # NOTE: events still queued here are lost when the process exits; only
+            # an on-disk outbox would keep them for a later process.
+            logger.error("webhook events undelivered at job end", extra={**self.log_fields, "pending": emitter.pending})
+        await emitter.aclose()
+
+    def own(self, *resources: Any) -> None:
+        """Close these (model clients and the like) with the call; None entries are skipped."""
+        self._owned.extend(resource for resource in resources if resource is not None)
+
+    async def aclose(self) -> None:
+        """Release the call's connections: the emitter, owned model clients, then the HTTP session."""
+        await self.services.emitter.aclose()
+        for resource in self._owned:
+            await resource.aclose()
+        await self._http.close()
+
+    async def _sync_crm(self) -> None:
+        record = self.record
+        crm = self.services.crm
+        if crm is None or record.contact_id is None:
+            return
+
+        writes = [
+            crm.add_note(record.contact_id, text=note.text, call_id=record.call_id, timeout=END_OF_CALL_CRM_TIMEOUT)
+            for note in record.notes
+            if not note.saved_to_crm
+        ]
+        writes.append(crm.log_call(record.contact_id, record.activity(), timeout=END_OF_CALL_CRM_TIMEOUT))
+        pending_notes = [note for note in record.notes if not note.saved_to_crm]
+
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for note, result in zip(pending_notes, results):
+            note.saved_to_crm = result is None
+
+        for result in results:
+            if isinstance(result, CrmError):
+                logger.warning(
+                    "CRM write after the call failed",
+                    extra={**self.log_fields, "reason": result.reason, "status": result.status},
+                )
+            elif isinstance(result, BaseException):
+                raise result
+
+
+def failed_record(*, room: str, job_id: str, reason: str) -> CallRecord:
+    """A record for a dispatch that could not start a call."""
+    record = CallRecord(phone=None, room=room, job_id=job_id)
+    record.mark_dial_failed(outcome=FAILED, sip_status=None, reason=reason)
+    return record

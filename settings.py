@@ -1,0 +1,281 @@
+"""Settings read from the environment and validated once at startup.
+
+Variable names match the public single-file example of this design, so an
+existing `.env` keeps working. Every problem found is reported together, each
+naming the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import phonenumbers
+from dotenv import load_dotenv
+
+from phone import InvalidPhoneNumber, normalize_e164
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+TRANSFER_DEPARTMENTS = ("sales", "billing", "support")
+
+# Which settings a command needs: a worker places real calls, the console talks
+# text to an OpenAI-compatible endpoint only, and make_call only dispatches.
+WORKER = "worker"
+CONSOLE = "console"
+DISPATCH = "dispatch"
+_REQUIRED = {
+    WORKER: (
+        "LIVEKIT_URL",
+        "LIVEKIT_API_KEY",
+        "LIVEKIT_API_SECRET",
+        "OPENAI_API_KEY",
+        "DEEPGRAM_API_KEY",
+        "OUTBOUND_TRUNK_ID",
+    ),
+    CONSOLE: ("OPENAI_API_KEY",),
+    DISPATCH: ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"),
+}
+
+
+class ConfigError(Exception):
+    """One or more settings are missing or invalid; the message lists each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid configuration:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    livekit_url: str = ""
+    openai_api_key: str = field(default="", repr=False)
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_tts_voice: str = "alloy"
+    deepgram_api_key: str = field(default="", repr=False)
+    outbound_trunk_id: str = ""
+    vobiz_sip_domain: str | None = None
+    agent_name: str = "outbound-caller"
+    worker_host: str = "127.0.0.1"
+    default_region: str = "IN"
+
+    crm_base_url: str | None = None
+    crm_api_key: str = field(default="", repr=False)
+    crm_lookup_timeout: float = 2.0
+    crm_tool_timeout: float = 3.0
+
+    webhook_url: str | None = None
+    webhook_secret: bytes = field(default=b"", repr=False)
+    webhook_drain_timeout: float = 6.0
+
+    # department name -> E.164 number
+    transfer_destinations: Mapping[str, str] = field(default_factory=dict)
+    transfer_allowlist: frozenset[str] = frozenset()
+    transfer_timeout: float = 40.0
+
+    ringing_timeout: float = 30.0
+    max_call_duration: float = 1800.0
+    console_phone_number: str | None = None
+
+    @property
+    def crm_enabled(self) -> bool:
+        return bool(self.crm_base_url)
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return bool(self.webhook_url)
+
+
+def load_dotenv_file() -> None:
+    """Read `.env` from the project folder, whatever the working directory.
+
+    Values already in the environment win, so a deployment can override them.
+    """
+    load_dotenv(PROJECT_DIR / ".env", override=False)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, mode: str = WORKER) -> Settings:
+    """Build `Settings` from `environ` (default `os.environ`) for `mode`.
+
+    Raises ConfigError listing every missing or invalid variable.
+    """
+    env = _Reader(os.environ if environ is None else environ)
+
+    for name in _REQUIRED[mode]:
+        env.require(name)
+
+    region = env.region("PHONE_DEFAULT_REGION", "IN")
+    destinations = _transfer_destinations(env, region)
+    webhook_url = env.webhook_url()
+
+    settings = Settings(
+        livekit_url=env.text("LIVEKIT_URL"),
+        openai_api_key=env.text("OPENAI_API_KEY"),
+        openai_base_url=env.http_url("OPENAI_BASE_URL"),
+        openai_model=env.text("OPENAI_MODEL") or "gpt-4o-mini",
+        openai_tts_voice=env.text("OPENAI_TTS_VOICE") or "alloy",
+        deepgram_api_key=env.text("DEEPGRAM_API_KEY"),
+        outbound_trunk_id=env.text("OUTBOUND_TRUNK_ID"),
+        vobiz_sip_domain=_sip_domain(env),
+        agent_name=env.text("AGENT_NAME") or "outbound-caller",
+        worker_host=env.text("WORKER_HOST") or "127.0.0.1",
+        default_region=region,
+        crm_base_url=env.http_url("CRM_BASE_URL"),
+        crm_api_key=env.text("CRM_API_KEY"),
+        crm_lookup_timeout=env.seconds("CRM_LOOKUP_TIMEOUT", 2.0),
+        crm_tool_timeout=env.seconds("CRM_TOOL_TIMEOUT", 3.0),
+        webhook_url=webhook_url,
+        webhook_secret=env.text("WEBHOOK_SECRET").encode("utf-8"),
+        webhook_drain_timeout=env.seconds("WEBHOOK_DRAIN_TIMEOUT", 6.0, maximum=8.0),
+        transfer_destinations=destinations,
+        transfer_allowlist=_transfer_allowlist(env, region),
+        transfer_timeout=env.seconds("TRANSFER_TIMEOUT", 40.0),
+        ringing_timeout=env.seconds("RINGING_TIMEOUT", 30.0),
+        max_call_duration=env.seconds("MAX_CALL_DURATION", 1800.0),
+        console_phone_number=env.phone("CONSOLE_PHONE_NUMBER", region),
+    )
+
+    if settings.crm_base_url and not settings.crm_api_key:
+        env.problem("CRM_API_KEY is missing: CRM_BASE_URL is set, so set CRM_API_KEY to the CRM's bearer token")
+    if webhook_url and not settings.webhook_secret:
+        env.problem(
+            "WEBHOOK_SECRET is missing: WEBHOOK_URL is set, so set WEBHOOK_SECRET to the secret "
+            "your receiver verifies signatures with, or unset WEBHOOK_URL"
+        )
+
+    transfers_configured = settings.transfer_destinations or settings.transfer_allowlist
+    if mode == WORKER and transfers_configured and not settings.vobiz_sip_domain:
+        env.problem(
+            "VOBIZ_SIP_DOMAIN is missing: transfer numbers are set, and transfers are sent as "
+            "sip:<number>@<VOBIZ_SIP_DOMAIN>, so set the trunk's SIP domain"
+        )
+
+    if env.problems:
+        raise ConfigError(env.problems)
+    return settings
+
+
+def _transfer_destinations(env: _Reader, region: str) -> dict[str, str]:
+    destinations = {}
+    for department in TRANSFER_DEPARTMENTS:
+        number = env.phone(f"TRANSFER_{department.upper()}", region)
+        if number:
+            destinations[department] = number
+    return destinations
+
+
+def _transfer_allowlist(env: _Reader, region: str) -> frozenset[str]:
+    raw = env.text("TRANSFER_ALLOWLIST")
+    numbers = set()
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        try:
+            numbers.add(normalize_e164(item, default_region=region))
+        except InvalidPhoneNumber as err:
+            env.problem(f"TRANSFER_ALLOWLIST has an invalid entry: {err}")
+    return frozenset(numbers)
+
+
+def _sip_domain(env: _Reader) -> str | None:
+    domain = env.text("VOBIZ_SIP_DOMAIN")
+    if not domain:
+        return None
+
+    if "://" in domain or "/" in domain or "@" in domain or " " in domain:
+        env.problem(
+            f"VOBIZ_SIP_DOMAIN is invalid ({domain!r}): set the bare SIP domain of the trunk, "
+            "such as 'example.sip.vobiz.ai', without scheme, user or path"
+        )
+        return None
+    return domain
+
+
+class _Reader:
+    """Reads variables and collects problems instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self.problems: list[str] = []
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
+    def text(self, name: str) -> str:
+        return (self._environ.get(name) or "").strip()
+
+    def require(self, name: str) -> None:
+        if not self.text(name):
+            self.problem(f"{name} is missing: set it in the environment or in {PROJECT_DIR / '.env'}")
+
+    def seconds(self, name: str, default: float, *, maximum: float | None = None) -> float:
+        raw = self.text(name)
+        if not raw:
+            return default
+
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or (maximum is not None and value > maximum):
+            limit = f" and at most {maximum:g}" if maximum is not None else ""
+            self.problem(f"{name} is invalid ({raw!r}): set a number of seconds above 0{limit}")
+            return default
+        return value
+
+    def region(self, name: str, default: str) -> str:
+        raw = self.text(name).upper() or default
+        if raw not in phonenumbers.SUPPORTED_REGIONS:
+            self.problem(f"{name} is invalid ({raw!r}): set a two-letter region code such as IN or US")
+            return default
+        return raw
+
+    def phone(self, name: str, region: str) -> str | None:
+        raw = self.text(name)
+        if not raw:
+            return None
+
+        try:
+            return normalize_e164(raw, default_region=region)
+        except InvalidPhoneNumber as err:
+            self.problem(f"{name} is invalid: {err}")
+            return None
+
+    def http_url(self, name: str) -> str | None:
+        raw = self.text(name)
+        if not raw:
+            return None
+
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.problem(f"{name} is invalid ({raw!r}): set an http:// or https:// URL with a host")
+            return None
+        return raw.rstrip("/")
+
+    def webhook_url(self) -> str | None:
+        url = self.http_url("WEBHOOK_URL")
+        if url is None:
+            return None
+
+        parts = urlsplit(url)
+        allow_insecure = self.text("WEBHOOK_ALLOW_INSECURE").lower() in ("1", "true", "yes")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or "") and not allow_insecure:
+            self.problem(
+                "WEBHOOK_URL is invalid: plain http is accepted only for loopback hosts, because "
+                "event bodies carry personal data; use https, or set WEBHOOK_ALLOW_INSECURE=true"
+            )
+            return None
+        return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
