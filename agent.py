@@ -15,6 +15,7 @@ import aiohttp
 from livekit import rtc
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli, room_io
 from livekit.agents.voice.events import CloseEvent
+from livekit.plugins import deepgram, openai, silero
 
 from call_lifecycle import CallRuntime, DispatchError, build_services, failed_record, parse_dispatch_metadata
 from call_record import INBOUND, CallRecord
@@ -49,20 +50,14 @@ class CallAgent(CallTools, Agent):
 
 def prewarm(proc: JobProcess) -> None:
     """Load the VAD once per process, before a job arrives."""
-    from livekit.plugins import silero
-
     proc.userdata["vad"] = silero.VAD.load()
 
 
 def build_session(settings: Settings, record: CallRecord, *, console: bool, vad: Any) -> AgentSession[CallRecord]:
     """The voice pipeline; the console runs text only, so it needs no Deepgram key or VAD."""
-    from livekit.plugins import openai
-
     model = openai.LLM(model=settings.openai_model, base_url=settings.openai_base_url, api_key=settings.openai_api_key)
     if console:
         return AgentSession[CallRecord](llm=model, userdata=record, vad=None)
-
-    from livekit.plugins import deepgram
 
     return AgentSession[CallRecord](
         llm=model,
@@ -85,16 +80,19 @@ async def entrypoint(ctx: JobContext) -> None:
     http = aiohttp.ClientSession()
     services = build_services(settings, record, http)
     runtime = CallRuntime(record=record, services=services, http=http)
+    runtime.end_call = ctx.shutdown
     _calls[ctx.job.id] = runtime
     ctx.log_context_fields = runtime.log_fields
     ctx.add_shutdown_callback(runtime.aclose)
 
     await runtime.lookup_contact()
 
-    session = build_session(settings, record, console=console, vad=ctx.proc.userdata.get("vad"))
+    # A fake job (the console, or a test) has no audio, so it runs text only.
+    session = build_session(settings, record, console=ctx.is_fake_job(), vad=ctx.proc.userdata.get("vad"))
     # Model clients hold their own connection pools, which the session does not close.
     runtime.own(session.llm, session.stt, session.tts)
-    session.on("close", lambda event: _on_session_close(ctx, runtime, event))
+    session.on("close", lambda event: _on_session_close(runtime, event))
+    runtime.session = session
     agent = CallAgent(record=record, services=services)
 
     if console:
@@ -198,7 +196,7 @@ async def _dial(ctx: JobContext, runtime: CallRuntime, sip: LiveKitSip, session:
             "dial failed",
             extra={**runtime.log_fields, "outcome": failure.outcome, "sip_status": failure.sip_status},
         )
-        ctx.shutdown("dial failed")
+        runtime.end_call("dial failed")
         return
 
     _answer(runtime, session)
@@ -213,18 +211,16 @@ def _watch_callee(ctx: JobContext, runtime: CallRuntime) -> None:
     """End the job when the callee leaves the room, whatever the disconnect reason."""
 
     def on_participant_disconnected(participant: rtc.RemoteParticipant) -> None:
-        if participant.identity != runtime.record.participant_identity:
-            return
-        runtime.record.end_reason = runtime.record.end_reason or "callee left"
-        ctx.shutdown("callee left")
+        if participant.identity == runtime.record.participant_identity:
+            runtime.callee_left()
 
     ctx.room.on("participant_disconnected", on_participant_disconnected)
 
 
-def _on_session_close(ctx: JobContext, runtime: CallRuntime, event: CloseEvent) -> None:
+def _on_session_close(runtime: CallRuntime, event: CloseEvent) -> None:
     # A closed session does not end the job by itself; the job would stay in the room.
     runtime.record.end_reason = runtime.record.end_reason or f"session closed: {event.reason.value}"
-    ctx.shutdown(f"session closed: {event.reason.value}")
+    runtime.end_call(f"session closed: {event.reason.value}")
 
 
 async def on_session_end(ctx: JobContext) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,10 @@ class CallRuntime:
         self._http = http
         self._owned: list[Any] = []
         self._finished = False
+        # Ends the job (JobContext.shutdown in a worker); a no-op until the entrypoint sets it.
+        self.end_call: Callable[[str], None] = lambda reason: None
+        self.session: Any = None
+        self.loop = asyncio.get_running_loop()
 
     @property
     def log_fields(self) -> dict[str, Any]:
@@ -120,6 +125,11 @@ class CallRuntime:
         self.record.mark_answered()
         self.services.emitter.emit("call.started", self.record.started_fields())
         logger.info("call answered", extra=self.log_fields)
+
+    def callee_left(self) -> None:
+        """The caller's SIP participant left the room: hang-up, or a completed transfer."""
+        self.record.end_reason = self.record.end_reason or "callee left"
+        self.end_call("callee left")
 
     async def finish(self, *, reason: str) -> None:
         """Send call.ended once, log the call on the CRM, and wait for delivery within the drain time."""

@@ -1,0 +1,196 @@
+"""Whole calls through the real worker: dispatch, dial, talk, end, and the one call.ended.
+
+The worker runs in-process (tests/worker_harness.py); LiveKit's SIP API is the
+stub in tests/sip_stub.py, the model is the scripted dev LLM, and the CRM and
+webhook receiver are the dev stack's servers, all on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from dev_llm import ToolCall
+from tests.conftest import CRM_API_KEY, WEBHOOK_SECRET, received_events
+from tests.sip_stub import SipError
+from tests.worker_harness import in_job, say, worker
+
+ASHA = "+919800000001"
+
+
+@pytest.fixture
+def worker_env(monkeypatch, llm, crm, receiver, sip):
+    _, sip_url = sip
+    env = {
+        "LIVEKIT_URL": sip_url,
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "devsecret-devsecret-devsecret-00",
+        "OPENAI_API_KEY": "test-openai-key",
+        "OPENAI_BASE_URL": llm.base_url,
+        "DEEPGRAM_API_KEY": "test-deepgram-key",
+        "OUTBOUND_TRUNK_ID": "ST_test_trunk",
+        "VOBIZ_SIP_DOMAIN": "trunk.example.invalid",
+        "CRM_BASE_URL": crm.url,
+        "CRM_API_KEY": CRM_API_KEY,
+        "WEBHOOK_URL": receiver.url,
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "TRANSFER_BILLING": "+919800000099",
+        "WEBHOOK_DRAIN_TIMEOUT": "3",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LIVEKIT_DEV_MODE", raising=False)
+    return env
+
+
+def dispatch(phone: str = ASHA, **extra) -> str:
+    return json.dumps({"phone_number": phone, **extra})
+
+
+def events_of(receiver, event: str) -> list[dict]:
+    return [e["payload"] for e in received_events(receiver) if e["payload"]["event"] == event]
+
+
+async def wait_for_event(receiver, event: str, timeout: float = 20) -> dict:
+    async with asyncio.timeout(timeout):
+        while not events_of(receiver, event):
+            await asyncio.sleep(0.05)
+    return events_of(receiver, event)[0]
+
+
+async def test_answered_call_hung_up_by_callee(worker_env, llm, receiver, sip, http, crm):
+    stub, _ = sip
+    llm.script.steps += [
+        "Hello Asha, how can I help?",
+        ToolCall("record_intent", {"intent": "upgrade plan"}),
+        "Sure, let me help with that.",
+    ]
+
+    async with worker() as harness:
+        job_id = await harness.launch(dispatch(campaign="renewals"))
+        runtime = await harness.runtime(job_id)
+        await wait_for_event(receiver, "call.started")
+        await say(runtime, "I want to upgrade my plan")
+        in_job(runtime, runtime.callee_left)
+        ended = await wait_for_event(receiver, "call.ended")
+        await harness.wait_job_done(job_id)
+
+    assert len(stub.dials) == 1
+    assert stub.dials[0].sip_call_to == ASHA
+    assert stub.dials[0].sip_trunk_id == "ST_test_trunk"
+    assert stub.dials[0].wait_until_answered
+    assert ended["outcome"] == "completed"
+    assert ended["intents"] == ["upgrade plan"]
+    assert ended["contact_id"] == "ct_1001"
+    assert ended["metadata"] == {"campaign": "renewals"}
+    assert ended["duration_seconds"] > 0
+    assert ended["end_reason"] == "callee left"
+    names = [e["payload"]["event"] for e in received_events(receiver)]
+    assert names == ["call.started", "call.intent", "call.ended"]
+    assert [e["payload"]["sequence"] for e in received_events(receiver)] == [1, 2, 3]
+    assert all(e["standard_valid"] and e["legacy_valid"] for e in received_events(receiver))
+    async with http.get(f"{crm.url}/contacts/ct_1001", headers={"Authorization": f"Bearer {CRM_API_KEY}"}) as resp:
+        contact = await resp.json()
+    assert [a["outcome"] for a in contact["activities"]] == ["completed"]
+    assert contact["activities"][0]["call_id"] == ended["call_id"]
+
+
+@pytest.mark.parametrize(
+    ("sip_status", "reason", "outcome"),
+    [(486, "Busy Here", "busy"), (480, "Temporarily Unavailable", "no_answer"), (403, "Forbidden", "failed")],
+)
+async def test_dial_failure_ends_with_outcome(worker_env, receiver, sip, sip_status, reason, outcome):
+    stub, _ = sip
+    stub.dial_error = SipError(sip_status_code=sip_status, sip_status=reason)
+
+    async with worker() as harness:
+        job_id = await harness.launch(dispatch())
+        ended = await wait_for_event(receiver, "call.ended")
+        await harness.wait_job_done(job_id)
+
+    assert ended["outcome"] == outcome
+    assert ended["sip_status"] == sip_status
+    assert ended["answered_at"] is None
+    assert ended["duration_seconds"] == 0
+    assert events_of(receiver, "call.started") == []
+    assert len(events_of(receiver, "call.ended")) == 1
+    assert len(stub.dials) == 1
+
+
+async def test_transfer_success_ends_transferred(worker_env, llm, receiver, sip):
+    stub, _ = sip
+    llm.script.steps += ["Hello Asha.", ToolCall("transfer_call", {"destination": "billing"}), "Transferring."]
+
+    async with worker() as harness:
+        job_id = await harness.launch(dispatch())
+        runtime = await harness.runtime(job_id)
+        await wait_for_event(receiver, "call.started")
+        await say(runtime, "Billing please")
+        # After a cold transfer the SIP participant leaves the room.
+        in_job(runtime, runtime.callee_left)
+        ended = await wait_for_event(receiver, "call.ended")
+        await harness.wait_job_done(job_id)
+
+    assert stub.transfers[0].transfer_to == "sip:+919800000099@trunk.example.invalid"
+    names = [e["payload"]["event"] for e in received_events(receiver)]
+    assert names == ["call.started", "call.transferred", "call.ended"]
+    assert ended["outcome"] == "transferred"
+    assert ended["destination"] == "billing"
+
+
+async def test_transfer_failure_keeps_call(worker_env, llm, receiver, sip):
+    stub, _ = sip
+    stub.transfer_error = SipError(sip_status_code=603, sip_status="Decline", transfer_reason="STR_DECLINED")
+    llm.script.steps += ["Hello Asha.", ToolCall("transfer_call", {"destination": "billing"}), "Sorry, billing is unavailable."]
+
+    async with worker() as harness:
+        job_id = await harness.launch(dispatch())
+        runtime = await harness.runtime(job_id)
+        await wait_for_event(receiver, "call.started")
+        await say(runtime, "Billing please")
+        in_job(runtime, runtime.callee_left)
+        ended = await wait_for_event(receiver, "call.ended")
+        await harness.wait_job_done(job_id)
+
+    failed = events_of(receiver, "call.transfer_failed")
+    assert len(failed) == 1
+    assert failed[0]["sip_status"] == 603
+    assert events_of(receiver, "call.transferred") == []
+    assert ended["outcome"] == "completed"
+    assert ended["failed_transfers"] == ["billing"]
+
+
+async def test_disconnect_twice_sends_one_call_ended(worker_env, llm, receiver, sip):
+    llm.script.steps += ["Hello Asha."]
+
+    async with worker() as harness:
+        job_id = await harness.launch(dispatch())
+        runtime = await harness.runtime(job_id)
+        await wait_for_event(receiver, "call.started")
+        in_job(runtime, runtime.callee_left)
+        in_job(runtime, runtime.callee_left)
+        in_job(runtime, runtime.end_call, "room disconnected")
+        await wait_for_event(receiver, "call.ended")
+        await harness.wait_job_done(job_id)
+
+    assert len(events_of(receiver, "call.ended")) == 1
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    ['{"phone_number": "+9198000', "{}", '{"phone_number": 919800000001}', '{"phone_number": "12345"}', "[1]"],
+)
+async def test_invalid_dispatch_not_dialed(worker_env, receiver, sip, metadata):
+    stub, _ = sip
+
+    async with worker() as harness:
+        job_id = await harness.launch(metadata)
+        ended = await wait_for_event(receiver, "call.ended")
+        await harness.wait_job_done(job_id)
+
+    assert stub.dials == []
+    assert ended["outcome"] == "failed"
+    assert ended["sip_reason"]
+    assert len(received_events(receiver)) == 1
