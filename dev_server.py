@@ -1,8 +1,9 @@
-"""Local development stack: a sample CRM on SQLite and a webhook receiver, both on 127.0.0.1.
+"""Local development stack: a sample CRM on SQLite, a webhook receiver and a keyword LLM, on 127.0.0.1.
 
 Run `python dev_server.py` in one terminal and the agent in another. The CRM implements the
 REST contract that crm_client.py uses. The receiver checks both webhook signature schemes
-and prints one line per event.
+and prints one line per event. The LLM (dev_llm.py) is an OpenAI-compatible endpoint with
+canned replies, so the console works without an OpenAI account.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from dotenv import load_dotenv
 
+import dev_llm
 import webhooks
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DB_PATH = PROJECT_DIR / "data" / "dev_crm.sqlite3"
 DEFAULT_CRM_PORT = 8780
 DEFAULT_WEBHOOK_PORT = 8781
+DEFAULT_LLM_PORT = 8782
 HOST = "127.0.0.1"
 
 MAX_NOTE_CHARS = 10_000
@@ -492,6 +495,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="TCP port of the webhook receiver (default: %(default)s)",
     )
     parser.add_argument(
+        "--llm-port",
+        type=_port,
+        default=DEFAULT_LLM_PORT,
+        help="TCP port of the keyword LLM, an OpenAI-compatible endpoint (default: %(default)s)",
+    )
+    parser.add_argument(
         "--db", type=Path, default=DEFAULT_DB_PATH, help="SQLite file of the sample CRM (default: %(default)s)"
     )
     return parser.parse_args(argv)
@@ -527,12 +536,15 @@ async def _serve(args: argparse.Namespace) -> None:
     # The access log is off because it would write each search URL, phone number included.
     crm_runner = web.AppRunner(create_crm_app(db_path=str(args.db), api_key=api_key), access_log=None)
     receiver_runner = web.AppRunner(create_receiver_app(secret=secret), access_log=None)
+    llm_runner = web.AppRunner(dev_llm.create_llm_app(), access_log=None)
     try:
         await _start(crm_runner, args.crm_port, "--crm-port")
         await _start(receiver_runner, args.webhook_port, "--webhook-port")
+        await _start(llm_runner, args.llm_port, "--llm-port")
         _print_banner(args, api_key=api_key, secret=secret)
         await asyncio.Event().wait()
     finally:
+        await llm_runner.cleanup()
         await receiver_runner.cleanup()
         await crm_runner.cleanup()
 
@@ -556,6 +568,7 @@ def _print_banner(args: argparse.Namespace, *, api_key: str | None, secret: str 
 
     print(f"Sample CRM:       {crm_url} (SQLite file {args.db})")
     print(f"Webhook receiver: {webhook_url} (events listed at http://{HOST}:{args.webhook_port}/events)")
+    print(f"Keyword LLM:      http://{HOST}:{args.llm_port}/v1 (OpenAI-compatible, canned replies)")
     if api_key is None:
         print("CRM_API_KEY is unset, so the sample CRM accepts requests without a bearer token.")
     else:
@@ -566,6 +579,7 @@ def _print_banner(args: argparse.Namespace, *, api_key: str | None, secret: str 
     print("Put these lines in .env for the agent:")
     print(f"CRM_BASE_URL={crm_url}")
     print(f"WEBHOOK_URL={webhook_url}")
+    print(f"OPENAI_BASE_URL=http://{HOST}:{args.llm_port}/v1")
     if api_key is None or secret is None:
         # The agent rejects CRM_BASE_URL without CRM_API_KEY and WEBHOOK_URL without WEBHOOK_SECRET.
         print("The agent also needs CRM_API_KEY and WEBHOOK_SECRET. Set them in .env, which this server")

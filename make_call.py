@@ -2,9 +2,9 @@
 
     python make_call.py --to +919800000001 [--room NAME] [--metadata '{"campaign": "renewal"}']
 
-The command creates a LiveKit agent dispatch for AGENT_NAME in a new room. The
-running worker (agent.py) receives it as a job and dials the number stored under
-"phone_number" in the dispatch metadata. It reads LIVEKIT_URL, LIVEKIT_API_KEY and
+The command creates a LiveKit agent dispatch for AGENT_NAME into the room named by
+--room, or into a newly named room. The running worker (agent.py) receives it as a
+job and dials the number stored under "phone_number" in the dispatch metadata. It reads LIVEKIT_URL, LIVEKIT_API_KEY and
 LIVEKIT_API_SECRET from the environment or from `.env` in the project folder.
 
 Exit status: 0 when the dispatch was created, 1 when the LiveKit API request failed,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ EXIT_OK = 0
 EXIT_DISPATCH_FAILED = 1
 EXIT_INVALID_INPUT = 2
 
-# LiveKitAPI would also default to 10 seconds; it is set here so the limit is visible.
+# LiveKitAPI also defaults to 10 seconds, but the limit is set here so that it is visible.
 DISPATCH_TIMEOUT_SECONDS = 10.0
 
 PHONE_KEY = "phone_number"
@@ -42,17 +43,23 @@ class InvalidArgument(ValueError):
 
 
 async def dispatch_call(
-    *, settings: Settings, phone: str, room: str, metadata: Mapping[str, object]
+    *,
+    settings: Settings,
+    api_key: str,
+    api_secret: str,
+    phone: str,
+    room: str,
+    metadata: Mapping[str, object],
 ) -> api.AgentDispatch:
     """Create a dispatch of `settings.agent_name` into `room` that calls `phone`.
 
-    `phone` must already be E.164. `metadata` holds extra keys sent next to
-    "phone_number" and must not contain that key itself. Raises api.ServerError
-    when LiveKit rejects the request, and aiohttp.ClientError or
-    asyncio.TimeoutError when the server cannot be reached.
+    `api_key` and `api_secret` sign the request. `phone` must already be E.164.
+    `metadata` contains extra keys sent next to "phone_number" and must not contain
+    that key itself. Raises api.ServerError when LiveKit rejects the request, and
+    aiohttp.ClientError or asyncio.TimeoutError when the server cannot be reached.
     """
     if PHONE_KEY in metadata:
-        raise ValueError(f"metadata must not contain {PHONE_KEY!r}; pass the number as `phone`")
+        raise ValueError(f"metadata must not contain {PHONE_KEY!r}, because the number is passed as `phone`")
 
     request = api.CreateAgentDispatchRequest(
         agent_name=settings.agent_name,
@@ -63,8 +70,8 @@ async def dispatch_call(
 
     async with api.LiveKitAPI(
         settings.livekit_url,
-        settings.livekit_api_key,
-        settings.livekit_api_secret,
+        api_key,
+        api_secret,
         timeout=timeout,
     ) as lkapi:
         return await lkapi.agent_dispatch.create_dispatch(request)
@@ -79,17 +86,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--to",
         required=True,
+        metavar="NUMBER",
         help="number to call, in E.164 (+919800000001) or a national form read in "
         "PHONE_DEFAULT_REGION (default IN)",
     )
     parser.add_argument(
         "--room",
+        metavar="NAME",
         help="LiveKit room to create for the call (default: call-<12 random hex digits>)",
     )
     parser.add_argument(
         "--metadata",
-        help=f"extra JSON object merged into the dispatch metadata, such as '{METADATA_EXAMPLE}'; "
-        f"it must not contain {PHONE_KEY}",
+        metavar="JSON",
+        help=f"extra JSON object merged into the dispatch metadata, such as '{METADATA_EXAMPLE}'. "
+        f"It must not contain {PHONE_KEY}",
     )
     return parser.parse_args(argv)
 
@@ -100,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_dotenv_file()
     try:
-        settings = load_settings(mode=DISPATCH)
+        settings = load_settings(os.environ, mode=DISPATCH)
         phone = read_phone(args.to, default_region=settings.default_region)
         room = read_room(args.room)
         metadata = read_metadata(args.metadata)
@@ -108,8 +118,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID_INPUT
 
+    # NOTE: Settings has no fields for the LiveKit key and secret, so they are read here.
+    # load_settings(mode=DISPATCH) has already rejected a missing or blank value.
+    api_key = os.environ["LIVEKIT_API_KEY"].strip()
+    api_secret = os.environ["LIVEKIT_API_SECRET"].strip()
+
     try:
-        dispatch = asyncio.run(dispatch_call(settings=settings, phone=phone, room=room, metadata=metadata))
+        dispatch = asyncio.run(
+            dispatch_call(
+                settings=settings,
+                api_key=api_key,
+                api_secret=api_secret,
+                phone=phone,
+                room=room,
+                metadata=metadata,
+            )
+        )
     except (api.ServerError, aiohttp.ClientError, asyncio.TimeoutError) as err:
         print(f"error: {describe_dispatch_error(err, url=settings.livekit_url)}", file=sys.stderr)
         return EXIT_DISPATCH_FAILED
@@ -172,7 +196,7 @@ def describe_dispatch_error(err: BaseException, *, url: str) -> str:
         )
     if isinstance(err, asyncio.TimeoutError):
         return (
-            f"dispatch failed: the LiveKit API at {url} timed out after {DISPATCH_TIMEOUT_SECONDS:g} seconds. "
+            f"dispatch failed: the LiveKit API at {url} did not answer within {DISPATCH_TIMEOUT_SECONDS:g} seconds. "
             "Check LIVEKIT_URL and that the server is running"
         )
     return (

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aioresponses import aioresponses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -17,6 +18,7 @@ if ROOT not in sys.path:
 
 import dev_llm  # noqa: E402
 import dev_server  # noqa: E402
+from tests.aioresponses_compat import CompatClientResponse  # noqa: E402
 from tests.servers import serve  # noqa: E402
 from tests.sip_stub import SipStub  # noqa: E402
 
@@ -80,3 +82,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def received_events(receiver: Server) -> list[dict]:
     return receiver.app[dev_server.EVENTS]
+
+
+@pytest.fixture
+def mock_http(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
+    """Canned responses for every aiohttp request, except that http://127.0.0.1 URLs reach real servers.
+
+    A request that matches no canned response raises aiohttp.ClientConnectionError.
+    """
+    monkeypatch.setattr("aioresponses.core.ClientResponse", CompatClientResponse)
+    with aioresponses(passthrough=["http://127.0.0.1"]) as mocked:
+        yield mocked

@@ -194,3 +194,15 @@ async def test_invalid_dispatch_not_dialed(worker_env, receiver, sip, metadata):
     assert ended["outcome"] == "failed"
     assert ended["sip_reason"]
     assert len(received_events(receiver)) == 1
+
+
+async def test_worker_shutdown_mid_call_sends_call_ended(worker_env, llm, receiver, sip):
+    llm.script.steps += ["Hello Asha."]
+
+    async with worker() as harness:
+        await harness.launch(dispatch())
+        await wait_for_event(receiver, "call.started")
+
+    ended = await wait_for_event(receiver, "call.ended", timeout=5)
+    assert ended["outcome"] == "completed"
+    assert len(events_of(receiver, "call.ended")) == 1
