@@ -57,7 +57,8 @@ def build_session(settings: Settings, record: CallRecord, *, console: bool, vad:
     """The voice pipeline; the console runs text only, so it needs no Deepgram key or VAD."""
     model = openai.LLM(model=settings.openai_model, base_url=settings.openai_base_url, api_key=settings.openai_api_key)
     if console:
-        return AgentSession[CallRecord](llm=model, userdata=record, vad=None)
+        # Typed turns end when the line is sent, so there is no speech to detect turns in.
+        return AgentSession[CallRecord](llm=model, userdata=record, vad=None, turn_handling={"turn_detection": "manual"})
 
     return AgentSession[CallRecord](
         llm=model,

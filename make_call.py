@@ -45,15 +45,13 @@ class InvalidArgument(ValueError):
 async def dispatch_call(
     *,
     settings: Settings,
-    api_key: str,
-    api_secret: str,
     phone: str,
     room: str,
     metadata: Mapping[str, object],
 ) -> api.AgentDispatch:
     """Create a dispatch of `settings.agent_name` into `room` that calls `phone`.
 
-    `api_key` and `api_secret` sign the request. `phone` must already be E.164.
+    The settings' LiveKit key and secret sign the request. `phone` must already be E.164.
     `metadata` contains extra keys sent next to "phone_number" and must not contain
     that key itself. Raises api.ServerError when LiveKit rejects the request, and
     aiohttp.ClientError or asyncio.TimeoutError when the server cannot be reached.
@@ -70,8 +68,8 @@ async def dispatch_call(
 
     async with api.LiveKitAPI(
         settings.livekit_url,
-        api_key,
-        api_secret,
+        settings.livekit_api_key,
+        settings.livekit_api_secret,
         timeout=timeout,
     ) as lkapi:
         return await lkapi.agent_dispatch.create_dispatch(request)
@@ -118,17 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID_INPUT
 
-    # NOTE: Settings has no fields for the LiveKit key and secret, so they are read here.
-    # load_settings(mode=DISPATCH) has already rejected a missing or blank value.
-    api_key = os.environ["LIVEKIT_API_KEY"].strip()
-    api_secret = os.environ["LIVEKIT_API_SECRET"].strip()
-
     try:
         dispatch = asyncio.run(
             dispatch_call(
                 settings=settings,
-                api_key=api_key,
-                api_secret=api_secret,
                 phone=phone,
                 room=room,
                 metadata=metadata,

@@ -54,6 +54,8 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     livekit_url: str = ""
+    livekit_api_key: str = field(default="", repr=False)
+    livekit_api_secret: str = field(default="", repr=False)
     openai_api_key: str = field(default="", repr=False)
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
@@ -116,6 +118,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, mode: str = WORKE
 
     settings = Settings(
         livekit_url=env.text("LIVEKIT_URL"),
+        livekit_api_key=env.text("LIVEKIT_API_KEY"),
+        livekit_api_secret=env.text("LIVEKIT_API_SECRET"),
         openai_api_key=env.text("OPENAI_API_KEY"),
         openai_base_url=env.http_url("OPENAI_BASE_URL"),
         openai_model=env.text("OPENAI_MODEL") or "gpt-4o-mini",
@@ -177,7 +181,7 @@ def _transfer_allowlist(env: _Reader, region: str) -> frozenset[str]:
         try:
             numbers.add(normalize_e164(item, default_region=region))
         except InvalidPhoneNumber as err:
-            env.problem(f"TRANSFER_ALLOWLIST has an invalid entry: {err}")
+            env.problem(f"TRANSFER_ALLOWLIST is invalid: {err}; list E.164 numbers separated by commas")
     return frozenset(numbers)
 
 
@@ -186,7 +190,8 @@ def _sip_domain(env: _Reader) -> str | None:
     if not domain:
         return None
 
-    if "://" in domain or "/" in domain or "@" in domain or " " in domain:
+    has_scheme = domain.lower().startswith(("sip:", "sips:", "tel:"))
+    if has_scheme or "://" in domain or "/" in domain or "@" in domain or " " in domain:
         env.problem(
             f"VOBIZ_SIP_DOMAIN is invalid ({domain!r}): set the bare SIP domain of the trunk, "
             "such as 'example.sip.vobiz.ai', without scheme, user or path"

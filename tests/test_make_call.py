@@ -265,8 +265,6 @@ async def test_dispatch_call_sends_signed_request(livekit_env):
 
     dispatch = await make_call.dispatch_call(
         settings=settings,
-        api_key=API_KEY,
-        api_secret=API_SECRET,
         phone=PHONE,
         room="call-direct",
         metadata={"campaign": "renewal"},
@@ -291,8 +289,6 @@ async def test_dispatch_call_rejects_phone_number_metadata(livekit_env):
     with pytest.raises(ValueError, match="must not contain 'phone_number'"):
         await make_call.dispatch_call(
             settings=settings,
-            api_key=API_KEY,
-            api_secret=API_SECRET,
             phone=PHONE,
             room="call-direct",
             metadata={"phone_number": "+919800000002"},
