@@ -29,7 +29,7 @@ logger = logging.getLogger("agent")
 
 SIP_PHONE_ATTRIBUTE = "sip.phoneNumber"
 
-# Longest a job may take to exit once told to stop: the end-of-call CRM writes
+# Longest a job may take to exit once asked to stop: the end-of-call CRM writes
 # (3 s) plus the webhook drain (at most 8 s), with room to spare. The framework
 # kills the process after this.
 SHUTDOWN_PROCESS_TIMEOUT = 15.0
@@ -54,7 +54,7 @@ def prewarm(proc: JobProcess) -> None:
 
 
 def build_session(settings: Settings, record: CallRecord, *, console: bool, vad: Any) -> AgentSession[CallRecord]:
-    """The voice pipeline; the console runs text only, so it needs no Deepgram key or VAD."""
+    """Build the voice pipeline. The console runs text only, so it needs no Deepgram key or VAD."""
     model = openai.LLM(model=settings.openai_model, base_url=settings.openai_base_url, api_key=settings.openai_api_key)
     if console:
         # Typed turns end when the line is sent, so there is no speech to detect turns in.

@@ -25,8 +25,8 @@ from webhooks import CallEmitter, WebhookSender
 
 logger = logging.getLogger(__name__)
 
-# Ceiling on the CRM writes made after the call; with the webhook drain it must
-# fit inside the time the worker gives a job process to exit.
+# Ceiling in seconds on the CRM writes made after the call. Together with the
+# webhook drain it must fit inside the time the worker gives a job process to exit.
 END_OF_CALL_CRM_TIMEOUT = 3.0
 
 
@@ -64,7 +64,7 @@ def parse_dispatch_metadata(raw: str, *, default_region: str) -> CallTarget:
 
 
 def build_services(settings: Settings, record: CallRecord, http: aiohttp.ClientSession) -> CallServices:
-    """The CRM client and webhook emitter of one call, sharing the process's HTTP session."""
+    """Build the CRM client and webhook emitter of one call on the process's HTTP session."""
     sender = None
     if settings.webhook_url:
         sender = WebhookSender(url=settings.webhook_url, secret=settings.webhook_secret, session=http)

@@ -108,14 +108,15 @@ class CallRecord:
         return FAILED
 
     def summary(self) -> str:
-        """One or two plain sentences describing the call, for CRMs and dashboards."""
+        """Describe the call in one or two plain sentences, for CRMs and dashboards."""
         parts = [f"{self.direction.capitalize()} call, outcome {self.outcome or 'unknown'}"]
         if self.answered:
             parts[0] += f", {round(self.duration_seconds)} s after answer"
         if self.intents:
             parts.append("Intent: " + "; ".join(self.intents))
         if self.notes:
-            parts.append(f"{len(self.notes)} note(s) taken")
+            count = len(self.notes)
+            parts.append(f"{count} note taken" if count == 1 else f"{count} notes taken")
         if self.transfer_to:
             parts.append(f"Transferred to {self.transfer_to}")
         return ". ".join(parts) + "."
@@ -135,7 +136,7 @@ class CallRecord:
         }
 
     def ended_fields(self) -> dict[str, Any]:
-        """The fields of call.ended; call `finish` first."""
+        """Return the fields of call.ended. Call `finish` first."""
         return {
             "phone": self.phone,
             "room": self.room,
@@ -163,7 +164,7 @@ class CallRecord:
         }
 
     def activity(self) -> dict[str, Any]:
-        """The CRM activity body for this call (the client adds "type": "call")."""
+        """Return the CRM activity body for this call; the client adds "type": "call"."""
         return {
             "call_id": self.call_id,
             "phone": self.phone,

@@ -78,7 +78,7 @@ class ScriptedReplies:
 
 
 def create_llm_app(policy: ReplyPolicy | None = None) -> web.Application:
-    """The endpoint; every request body is kept in `app[REQUESTS]` for inspection."""
+    """Build the endpoint. Every request body is kept in `app[REQUESTS]` for inspection."""
     app = web.Application()
     app[REQUESTS] = []
     reply_policy = policy or KeywordReplies()

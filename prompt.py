@@ -62,7 +62,7 @@ def clean_text(value: object, *, max_chars: int = MAX_FIELD_CHARS) -> str:
 
 
 def crm_data(record: CallRecord) -> dict[str, object]:
-    """The caller's record fields that the model may see, cleaned."""
+    """Return the cleaned record fields of the caller that the model may see."""
     contact = record.contact
     if contact is None:
         return {}
@@ -74,7 +74,7 @@ def crm_data(record: CallRecord) -> dict[str, object]:
 
 
 def build_instructions(record: CallRecord) -> str:
-    """Instructions for this call: the base prompt plus the caller's record as data."""
+    """Build the instructions for this call: the base prompt plus the caller's record as data."""
     data = crm_data(record)
     if not data:
         return (
@@ -91,7 +91,7 @@ def build_instructions(record: CallRecord) -> str:
 
 
 def greeting_instructions(record: CallRecord) -> str:
-    """What the first turn after answer should say."""
+    """Return the instructions for the first turn after the callee answers."""
     if crm_data(record):
         return "Greet the person by the name in the CRM record, briefly, and ask how you can help."
     return "Greet the person briefly without using a name and ask how you can help."
