@@ -8,6 +8,7 @@ terminal with only an OpenAI-compatible endpoint.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from typing import Any
 
@@ -17,7 +18,14 @@ from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProc
 from livekit.agents.voice.events import CloseEvent
 from livekit.plugins import deepgram, openai, silero
 
-from call_lifecycle import CallRuntime, DispatchError, build_services, failed_record, parse_dispatch_metadata
+from call_lifecycle import (
+    CallRuntime,
+    DispatchError,
+    build_services,
+    failed_record,
+    open_outbox_queue,
+    parse_dispatch_metadata,
+)
 from call_record import INBOUND, CallRecord
 from phone import InvalidPhoneNumber, normalize_e164
 from prompt import build_instructions, greeting_instructions
@@ -78,14 +86,8 @@ async def entrypoint(ctx: JobContext) -> None:
     if record is None:
         return
 
-    http = aiohttp.ClientSession()
-    services = build_services(settings, record, http)
-    runtime = CallRuntime(record=record, services=services, http=http)
-    runtime.end_call = ctx.shutdown
-    _calls[ctx.job.id] = runtime
-    ctx.log_context_fields = runtime.log_fields
-    ctx.add_shutdown_callback(runtime.aclose)
-
+    runtime = await _open_runtime(ctx, settings, record)
+    services = runtime.services
     await runtime.lookup_contact()
 
     # A fake job (the console, or a test) has no audio, so it runs text only.
@@ -98,7 +100,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
     if console:
         await _start_session(ctx, session, agent, record)
-        _answer(runtime, session)
+        await _answer(runtime, session)
         return
 
     sip = LiveKitSip(ctx.api, room_name=ctx.room.name, participant_identity=record.participant_identity)
@@ -109,7 +111,7 @@ async def entrypoint(ctx: JobContext) -> None:
     await _start_session(ctx, session, agent, record)
     _watch_callee(ctx, runtime)
     if record.direction == INBOUND:
-        _answer(runtime, session)
+        await _answer(runtime, session)
         return
     await _dial(ctx, runtime, sip, session)
 
@@ -160,11 +162,27 @@ async def _inbound_record(ctx: JobContext, settings: Settings) -> CallRecord | N
 async def _report_failed_dispatch(ctx: JobContext, settings: Settings, *, reason: str) -> None:
     """Send the one call.ended of a dispatch that could not dial, then end the job."""
     record = failed_record(room=ctx.room.name, job_id=ctx.job.id, reason=reason)
-    http = aiohttp.ClientSession()
-    runtime = CallRuntime(record=record, services=build_services(settings, record, http), http=http)
-    _calls[ctx.job.id] = runtime
-    ctx.add_shutdown_callback(runtime.aclose)
+    await _open_runtime(ctx, settings, record)
     ctx.shutdown("invalid dispatch metadata")
+
+
+async def _open_runtime(ctx: JobContext, settings: Settings, record: CallRecord) -> CallRuntime:
+    """Connect the call to the outbox, CRM and webhooks, and register it for `on_session_end`."""
+    http = aiohttp.ClientSession()
+    try:
+        queue = await open_outbox_queue(settings, http)
+    except (sqlite3.Error, OSError):
+        # Calls must go on without the file; events then live in memory only.
+        logger.exception("outbox unavailable, delivering from memory", extra={"path": str(settings.outbox_path)})
+        queue = None
+
+    runtime = CallRuntime(record=record, services=build_services(settings, record, http, queue), http=http)
+    runtime.own(queue)
+    runtime.end_call = ctx.shutdown
+    _calls[ctx.job.id] = runtime
+    ctx.log_context_fields = runtime.log_fields
+    ctx.add_shutdown_callback(runtime.aclose)
+    return runtime
 
 
 async def _start_session(
@@ -200,11 +218,11 @@ async def _dial(ctx: JobContext, runtime: CallRuntime, sip: LiveKitSip, session:
         runtime.end_call("dial failed")
         return
 
-    _answer(runtime, session)
+    await _answer(runtime, session)
 
 
-def _answer(runtime: CallRuntime, session: AgentSession[CallRecord]) -> None:
-    runtime.mark_answered()
+async def _answer(runtime: CallRuntime, session: AgentSession[CallRecord]) -> None:
+    await runtime.mark_answered()
     session.generate_reply(instructions=greeting_instructions(runtime.record))
 
 
@@ -243,8 +261,37 @@ class _Transfers:
         return await self._sip.transfer(transfer_to=transfer_to, timeout=self._timeout)
 
 
+class CallServer(AgentServer):
+    """The worker, plus a process-wide outbox sweeper in the main process.
+
+    Job processes deliver their own call's rows while they run. Rows they leave
+    behind (receiver down past the drain time, a process killed) are retried by
+    this sweeper for as long as the worker runs, and on the next start.
+    """
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        super().__init__(**options)
+        self._settings = settings
+
+    async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
+        http = aiohttp.ClientSession()
+        try:
+            sweeper = await open_outbox_queue(self._settings, http)
+        except (sqlite3.Error, OSError):
+            logger.exception("outbox unavailable, leftover rows are not retried", extra={"path": str(self._settings.outbox_path)})
+            sweeper = None
+
+        try:
+            await super().run(devmode=devmode, unregistered=unregistered)
+        finally:
+            if sweeper is not None:
+                await sweeper.aclose()
+            await http.close()
+
+
 def create_server(settings: Settings) -> AgentServer:
-    server = AgentServer(
+    server = CallServer(
+        settings,
         host=settings.worker_host,
         setup_fnc=prewarm,
         shutdown_process_timeout=SHUTDOWN_PROCESS_TIMEOUT,

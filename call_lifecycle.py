@@ -18,17 +18,14 @@ import aiohttp
 
 from call_record import FAILED, CallRecord
 from crm_client import CrmClient, CrmError
+from delivery import OutboxDispatcher, OutboxQueue, RowSender
+from outbox import CRM_ACTIVITY, CRM_NOTE, Outbox
 from phone import InvalidPhoneNumber, normalize_e164
 from settings import Settings
 from tools import CallServices
 from webhooks import CallEmitter, WebhookSender
 
 logger = logging.getLogger(__name__)
-
-# Ceiling in seconds on the CRM writes made after the call. Together with the
-# webhook drain it must fit inside the time the worker gives a job process to exit.
-END_OF_CALL_CRM_TIMEOUT = 3.0
-
 
 class DispatchError(ValueError):
     """Dispatch metadata that cannot start a call."""
@@ -63,17 +60,40 @@ def parse_dispatch_metadata(raw: str, *, default_region: str) -> CallTarget:
     return CallTarget(phone=phone, metadata=extra)
 
 
-def build_services(settings: Settings, record: CallRecord, http: aiohttp.ClientSession) -> CallServices:
-    """Build the CRM client and webhook emitter of one call on the process's HTTP session."""
-    sender = None
+async def open_outbox_queue(settings: Settings, http: aiohttp.ClientSession) -> OutboxQueue:
+    """Open the outbox file and start delivering from it on `http`."""
+    outbox = await Outbox(settings.outbox_path).open()
+    webhook_sender = None
     if settings.webhook_url:
+        webhook_sender = WebhookSender(url=settings.webhook_url, secret=settings.webhook_secret, session=http)
+
+    sender = RowSender(webhook_sender=webhook_sender, crm=_crm_client(settings, http), crm_timeout=settings.crm_tool_timeout)
+    dispatcher = OutboxDispatcher(outbox, sender)
+    dispatcher.start()
+    return OutboxQueue(outbox, dispatcher)
+
+
+def build_services(
+    settings: Settings, record: CallRecord, http: aiohttp.ClientSession, queue: OutboxQueue | None
+) -> CallServices:
+    """Build the CRM client and webhook emitter of one call; events go through `queue` when given."""
+    emitter_queue = queue if settings.webhook_url else None
+    sender = None
+    if settings.webhook_url and queue is None:
         sender = WebhookSender(url=settings.webhook_url, secret=settings.webhook_secret, session=http)
 
-    crm = None
-    if settings.crm_base_url:
-        crm = CrmClient(base_url=settings.crm_base_url, api_key=settings.crm_api_key, session=http)
+    return CallServices(
+        settings=settings,
+        emitter=CallEmitter(call_id=record.call_id, sender=sender, queue=emitter_queue),
+        crm=_crm_client(settings, http),
+        queue=queue,
+    )
 
-    return CallServices(settings=settings, emitter=CallEmitter(call_id=record.call_id, sender=sender), crm=crm)
+
+def _crm_client(settings: Settings, http: aiohttp.ClientSession) -> CrmClient | None:
+    if not settings.crm_base_url:
+        return None
+    return CrmClient(base_url=settings.crm_base_url, api_key=settings.crm_api_key, session=http)
 
 
 class CallRuntime:
@@ -118,12 +138,12 @@ class CallRuntime:
         level = logging.INFO if record.lookup_status in ("found", "not_found") else logging.WARNING
         logger.log(level, "CRM lookup finished", extra={**self.log_fields, "lookup_status": record.lookup_status})
 
-    def mark_answered(self) -> None:
+    async def mark_answered(self) -> None:
         """Record the answer and send call.started; later calls do nothing."""
         if self.record.answered:
             return
         self.record.mark_answered()
-        self.services.emitter.emit("call.started", self.record.started_fields())
+        await self.services.emitter.emit("call.started", self.record.started_fields())
         logger.info("call answered", extra=self.log_fields)
 
     def callee_left(self) -> None:
@@ -139,20 +159,23 @@ class CallRuntime:
 
         record = self.record
         record.finish(reason=reason)
-        await self._sync_crm()
+        await self._queue_crm_writes()
 
         emitter = self.services.emitter
-        emitter.emit("call.ended", record.ended_fields())
+        await emitter.emit("call.ended", record.ended_fields())
         logger.info(
             "call ended",
             extra={**self.log_fields, "outcome": record.outcome, "sip_status": record.sip_status, "reason": reason},
         )
 
-        delivered = await emitter.drain(self.services.settings.webhook_drain_timeout)
-        if not delivered:
-            # NOTE: events still queued here are lost when the process exits; only
-            # an on-disk outbox would keep them for a later process.
-            logger.error("webhook events undelivered at job end", extra={**self.log_fields, "pending": emitter.pending})
+        # Whatever is not delivered in time stays in the outbox, and the worker's
+        # main process keeps retrying it after this job has exited.
+        queue = self.services.queue
+        timeout = self.services.settings.webhook_drain_timeout
+        if queue is not None:
+            await queue.drain(record.call_id, timeout)
+        else:
+            await emitter.drain(timeout)
         await emitter.aclose()
 
     def own(self, *resources: Any) -> None:
@@ -166,32 +189,20 @@ class CallRuntime:
             await resource.aclose()
         await self._http.close()
 
-    async def _sync_crm(self) -> None:
+    async def _queue_crm_writes(self) -> None:
+        """Store the call activity and every note the CRM has not confirmed in the outbox."""
         record = self.record
-        crm = self.services.crm
-        if crm is None or record.contact_id is None:
+        queue = self.services.queue
+        if self.services.crm is None or record.contact_id is None or queue is None:
             return
 
-        writes = [
-            crm.add_note(record.contact_id, text=note.text, call_id=record.call_id, timeout=END_OF_CALL_CRM_TIMEOUT)
-            for note in record.notes
-            if not note.saved_to_crm
-        ]
-        writes.append(crm.log_call(record.contact_id, record.activity(), timeout=END_OF_CALL_CRM_TIMEOUT))
-        pending_notes = [note for note in record.notes if not note.saved_to_crm]
-
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        for note, result in zip(pending_notes, results):
-            note.saved_to_crm = result is None
-
-        for result in results:
-            if isinstance(result, CrmError):
-                logger.warning(
-                    "CRM write after the call failed",
-                    extra={**self.log_fields, "reason": result.reason, "status": result.status},
-                )
-            elif isinstance(result, BaseException):
-                raise result
+        for note in record.notes:
+            if not note.saved_to_crm and not note.queued_for_crm:
+                await queue.put_crm_write(CRM_NOTE, call_id=record.call_id, contact_id=record.contact_id, text=note.text)
+                note.queued_for_crm = True
+        await queue.put_crm_write(
+            CRM_ACTIVITY, call_id=record.call_id, contact_id=record.contact_id, activity=record.activity()
+        )
 
 
 def failed_record(*, room: str, job_id: str, reason: str) -> CallRecord:

@@ -28,8 +28,10 @@ INBOUND = "inbound"
 class Note:
     text: str
     created_at: float
-    # True once the CRM stored it; unsynced notes ship with call.ended.
+    # True once the CRM confirmed it; every note also ships with call.ended.
     saved_to_crm: bool = False
+    # True once stored in the outbox for a later CRM write.
+    queued_for_crm: bool = False
 
 
 @dataclass

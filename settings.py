@@ -75,6 +75,7 @@ class Settings:
     webhook_url: str | None = None
     webhook_secret: bytes = field(default=b"", repr=False)
     webhook_drain_timeout: float = 6.0
+    outbox_path: Path = PROJECT_DIR / "data" / "outbox.sqlite3"
 
     # department name -> E.164 number
     transfer_destinations: Mapping[str, str] = field(default_factory=dict)
@@ -137,6 +138,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, mode: str = WORKE
         webhook_url=webhook_url,
         webhook_secret=env.text("WEBHOOK_SECRET").encode("utf-8"),
         webhook_drain_timeout=env.seconds("WEBHOOK_DRAIN_TIMEOUT", 6.0, maximum=8.0),
+        outbox_path=_outbox_path(env),
         transfer_destinations=destinations,
         transfer_allowlist=_transfer_allowlist(env, region),
         transfer_timeout=env.seconds("TRANSFER_TIMEOUT", 40.0),
@@ -163,6 +165,16 @@ def load_settings(environ: Mapping[str, str] | None = None, *, mode: str = WORKE
     if env.problems:
         raise ConfigError(env.problems)
     return settings
+
+
+def _outbox_path(env: _Reader) -> Path:
+    raw = env.text("OUTBOX_PATH")
+    if not raw:
+        return PROJECT_DIR / "data" / "outbox.sqlite3"
+
+    path = Path(raw).expanduser()
+    # A relative path is read from the project folder, like .env, so every process agrees on it.
+    return path if path.is_absolute() else PROJECT_DIR / path
 
 
 def _transfer_destinations(env: _Reader, region: str) -> dict[str, str]:

@@ -16,6 +16,8 @@ from livekit.agents import RunContext, ToolError, function_tool
 
 from call_record import CallRecord, Note
 from crm_client import CrmClient, CrmError
+from delivery import OutboxQueue
+from outbox import CRM_NOTE
 from phone import InvalidPhoneNumber, normalize_e164
 from prompt import clean_text, strip_control
 from settings import Settings
@@ -38,6 +40,8 @@ class CallServices:
     crm: CrmClient | None = None
     # None where no phone line exists (console, tests without SIP).
     calls: CallControl | None = None
+    # Durable delivery of CRM writes that fail during the call.
+    queue: OutboxQueue | None = None
 
 
 class CallTools:
@@ -59,7 +63,7 @@ class CallTools:
         text = _required_text(intent, name="intent", max_chars=MAX_INTENT_CHARS)
 
         record.intents.append(text)
-        self._emit(record, "call.intent", {"intent": text})
+        await self._emit(record, "call.intent", {"intent": text})
         return "Intent recorded. Continue the conversation."
 
     @function_tool()
@@ -91,7 +95,7 @@ class CallTools:
                 "at the moment and carry on without it."
             ) from err
 
-        self._emit(
+        await self._emit(
             record,
             "call.lookup",
             {"query_type": "phone" if phone else "name", "found": contact is not None, "match_id": contact and contact.id},
@@ -119,7 +123,7 @@ class CallTools:
         if record.contact_id is not None and self.services.crm is not None:
             saved.saved_to_crm = await self._save_note(record, saved)
 
-        self._emit(record, "call.note", {"note": text, "saved_to_crm": saved.saved_to_crm})
+        await self._emit(record, "call.note", {"note": text, "saved_to_crm": saved.saved_to_crm})
         if saved.saved_to_crm:
             return "The note is saved on the CRM record."
         return "The note is kept with this call and will reach the CRM with the call report."
@@ -138,17 +142,17 @@ class CallTools:
         calls = self.services.calls
 
         if calls is None:
-            return self._transfer_failed(record, name, number, sip_status=None, reason="no phone line in this session")
+            return await self._transfer_failed(record, name, number, sip_status=None, reason="no phone line in this session")
 
         context.disallow_interruptions()
         address = transfer_uri(number, self.services.settings.vobiz_sip_domain)
         result = await calls.transfer(transfer_to=address)
 
         if not result.ok:
-            return self._transfer_failed(record, name, number, sip_status=result.sip_status, reason=result.reason)
+            return await self._transfer_failed(record, name, number, sip_status=result.sip_status, reason=result.reason)
 
         record.transfer_to = name
-        self._emit(record, "call.transferred", {"destination": name, "transfer_to": number, "sip_status": result.sip_status})
+        await self._emit(record, "call.transferred", {"destination": name, "transfer_to": number, "sip_status": result.sip_status})
         logger.info("call transferred", extra={"call_id": record.call_id, "destination": name})
         return "The transfer succeeded; the person is now with the team."
 
@@ -175,11 +179,11 @@ class CallTools:
             f"Transfers go only to these teams: {options}. Ask the person which team they need."
         )
 
-    def _transfer_failed(
+    async def _transfer_failed(
         self, record: CallRecord, name: str, number: str, *, sip_status: int | None, reason: str | None
     ) -> str:
         record.failed_transfers.append(name)
-        self._emit(
+        await self._emit(
             record,
             "call.transfer_failed",
             {"destination": name, "transfer_to": number, "sip_status": sip_status, "reason": reason},
@@ -201,19 +205,27 @@ class CallTools:
             )
         except CrmError as err:
             logger.warning(
-                "CRM note write failed; the note ships with call.ended",
+                "CRM note write failed; queued for retry",
                 extra={"call_id": record.call_id, "reason": err.reason, "status": err.status},
             )
+            await self._queue_note(record, note)
             return False
         return True
+
+    async def _queue_note(self, record: CallRecord, note: Note) -> None:
+        queue = self.services.queue
+        if queue is None or record.contact_id is None:
+            return
+        await queue.put_crm_write(CRM_NOTE, call_id=record.call_id, contact_id=record.contact_id, text=note.text)
+        note.queued_for_crm = True
 
     def _require_crm(self) -> CrmClient:
         if self.services.crm is None:
             raise ToolError("No CRM is connected to this agent. Carry on without the record.")
         return self.services.crm
 
-    def _emit(self, record: CallRecord, event: str, fields: dict[str, Any]) -> None:
-        self.services.emitter.emit(event, {**record.event_fields(), **fields})
+    async def _emit(self, record: CallRecord, event: str, fields: dict[str, Any]) -> None:
+        await self.services.emitter.emit(event, {**record.event_fields(), **fields})
 
 
 def _required_text(value: object, *, name: str, max_chars: int, keep_lines: bool = False) -> str:

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Protocol
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -371,12 +372,12 @@ def retry_delay(
     `now`) wins over backoff and is capped at `policy.max_retry_after`. Otherwise the
     delay is capped exponential backoff with full jitter.
     """
-    if not _is_retryable(status):
+    if not is_retryable(status):
         return None
     if attempt >= policy.max_attempts:
         return None
 
-    requested = _parse_retry_after(retry_after, now=now)
+    requested = parse_retry_after(retry_after, now=now)
     if requested is not None:
         return min(max(requested, 0.0), policy.max_retry_after)
 
@@ -384,7 +385,7 @@ def retry_delay(
     return rng.uniform(0, ceiling)
 
 
-def _is_retryable(status: int | None) -> bool:
+def is_retryable(status: int | None) -> bool:
     """Tell whether an attempt that ended with `status` (None: no response) may be retried.
 
     Other 4xx responses, 410 Gone included, mean that the same request will fail again.
@@ -394,7 +395,7 @@ def _is_retryable(status: int | None) -> bool:
     return status in _RETRYABLE_STATUSES or 500 <= status <= 599
 
 
-def _parse_retry_after(value: str | None, *, now: float) -> float | None:
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
     """Return the delay that a Retry-After value requests, or None if absent or unparseable."""
     if value is None:
         return None
@@ -505,6 +506,10 @@ class WebhookSender:
                 delay=delay,
             )
             await self._sleep(delay)
+
+    async def attempt(self, event: WebhookEvent) -> _AttemptOutcome:
+        """POST `event` once, signed with the current time, and report the outcome without retrying."""
+        return await self._post(event)
 
     async def _post(self, event: WebhookEvent) -> _AttemptOutcome:
         headers = sign(self._secret, msg_id=event.id, timestamp=int(self._clock()), body=event.body)
@@ -624,10 +629,20 @@ class _MemoryOutbox:
         await self._queue.join()
 
 
+class EventQueue(Protocol):
+    """Durable storage and delivery of a call's events, such as the SQLite outbox."""
+
+    async def put(self, event: WebhookEvent) -> None: ...
+
+    async def drain(self, call_id: str, timeout: float) -> bool: ...
+
+
 class CallEmitter:
     """Per-call event stream: numbers events 1, 2, 3 ... and delivers them in order.
 
-    Delivery runs in one background task per emitter, so a slow receiver never
+    With a `queue`, each event is stored there before `emit` returns and the
+    queue delivers it. Without one, delivery runs in one background task per
+    emitter and events live in memory only. Either way a slow receiver never
     blocks `emit`.
     """
 
@@ -636,6 +651,7 @@ class CallEmitter:
         *,
         call_id: str,
         sender: WebhookSender | None,
+        queue: EventQueue | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.call_id = call_id
@@ -643,8 +659,10 @@ class CallEmitter:
         self.results: list[DeliveryResult] = []
 
         self._sender = sender
+        self._queue = queue
         self._clock = clock
         self._outbox = _MemoryOutbox()
+        self._store_lock = asyncio.Lock()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._logged_webhooks_off = False
@@ -654,21 +672,24 @@ class CallEmitter:
         """Number of events emitted but not yet delivered or given up."""
         return self._outbox.pending
 
-    def emit(self, event: str, fields: Mapping[str, object]) -> WebhookEvent:
+    async def emit(self, event: str, fields: Mapping[str, object]) -> WebhookEvent:
         """Build the next event of the call, record it in `events` and queue it for delivery.
 
-        Never waits for the network. With a sender this must run inside an event loop,
-        which runs the delivery task. After aclose() the event is recorded but not sent,
-        and a warning is logged. Raises ValueError from build_event for invalid fields,
-        in which case no sequence number is used.
+        Never waits for the network; with a queue it waits only for the event to be
+        stored. After aclose() the event is recorded but not sent, and a warning is
+        logged. Raises ValueError from build_event for invalid fields, in which case no
+        sequence number is used.
         """
-        built = build_event(
-            event,
-            call_id=self.call_id,
-            sequence=len(self.events) + 1,
-            fields=fields,
-            timestamp=self._clock(),
-        )
+        if self._queue is not None:
+            # Two tools may emit at once. The lock keeps sequence numbers gapless and
+            # in the order the events are stored, even when a store fails.
+            async with self._store_lock:
+                built = self._build(event, fields)
+                await self._queue.put(built)
+                self.events.append(built)
+            return built
+
+        built = self._build(event, fields)
         if self._sender is None:
             self.events.append(built)
             self._log_webhooks_off()
@@ -681,10 +702,19 @@ class CallEmitter:
             )
             return built
 
-        self._start_worker()
         self.events.append(built)
+        self._start_worker()
         self._outbox.put(built)
         return built
+
+    def _build(self, event: str, fields: Mapping[str, object]) -> WebhookEvent:
+        return build_event(
+            event,
+            call_id=self.call_id,
+            sequence=len(self.events) + 1,
+            fields=fields,
+            timestamp=self._clock(),
+        )
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for every pending event to be delivered or given up.
@@ -692,6 +722,8 @@ class CallEmitter:
         Returns True when no event is pending. On timeout, logs how many events remain
         and returns False instead of raising.
         """
+        if self._queue is not None:
+            return await self._queue.drain(self.call_id, timeout)
         if self.pending == 0:
             return True
 

@@ -15,7 +15,7 @@ from livekit.agents import AgentSession
 
 import webhooks
 from agent import CallAgent, build_session
-from call_lifecycle import CallRuntime, build_services
+from call_lifecycle import CallRuntime, build_services, open_outbox_queue
 from call_record import CallRecord
 from dev_llm import ToolCall
 from settings import CONSOLE, load_settings
@@ -26,8 +26,9 @@ from tests.servers import serve
 ASHA = "+919800000001"
 
 
-def make_settings(llm, crm, webhook_url: str, **extra: str):
+def make_settings(llm, crm, webhook_url: str, *, outbox_path: str, **extra: str):
     env = {
+        "OUTBOX_PATH": outbox_path,
         "OPENAI_API_KEY": "test-openai-key",
         "OPENAI_BASE_URL": llm.base_url,
         "CRM_BASE_URL": crm.url,
@@ -64,9 +65,11 @@ async def call_factory(http) -> AsyncIterator:
 
     async def start(settings, *, phone: str | None = ASHA, calls=None) -> Call:
         record = CallRecord(phone=phone, room="room-test")
-        services = build_services(settings, record, http)
+        queue = await open_outbox_queue(settings, http)
+        services = build_services(settings, record, http, queue)
         services.calls = calls
         runtime = CallRuntime(record=record, services=services, http=http)
+        runtime.own(queue)
         await runtime.lookup_contact()
 
         session = build_session(settings, record, console=True, vad=None)
@@ -74,7 +77,7 @@ async def call_factory(http) -> AsyncIterator:
         sessions.append(session)
         runtimes.append(runtime)
         await session.start(CallAgent(record=record, services=services))
-        runtime.mark_answered()
+        await runtime.mark_answered()
         return Call(session, runtime)
 
     yield start
@@ -89,8 +92,8 @@ def payloads(receiver) -> list[dict]:
     return [event["payload"] for event in received_events(receiver)]
 
 
-async def test_record_intent_sends_signed_event(llm, crm, receiver, call_factory):
-    settings = make_settings(llm, crm, receiver.url)
+async def test_record_intent_sends_signed_event(llm, crm, receiver, call_factory, tmp_path):
+    settings = make_settings(llm, crm, receiver.url, outbox_path=str(tmp_path / "outbox.sqlite3"))
     call = await call_factory(settings)
     llm.script.steps += [ToolCall("record_intent", {"intent": "billing question"}), "Thanks."]
 
@@ -109,8 +112,8 @@ async def test_record_intent_sends_signed_event(llm, crm, receiver, call_factory
     assert events[1]["payload"]["contact_id"] == "ct_1001"
 
 
-async def test_lookup_crm_returns_contact_and_reports(llm, crm, receiver, call_factory):
-    settings = make_settings(llm, crm, receiver.url)
+async def test_lookup_crm_returns_contact_and_reports(llm, crm, receiver, call_factory, tmp_path):
+    settings = make_settings(llm, crm, receiver.url, outbox_path=str(tmp_path / "outbox.sqlite3"))
     call = await call_factory(settings)
     llm.script.steps += [ToolCall("lookup_crm", {"phone_or_name": "Dana"}), "Found Dana."]
 
@@ -128,8 +131,8 @@ async def test_lookup_crm_returns_contact_and_reports(llm, crm, receiver, call_f
     assert lookup["match_id"] == "ct_1003"
 
 
-async def test_update_crm_note_saves_on_known_contact(llm, crm, receiver, call_factory, http):
-    settings = make_settings(llm, crm, receiver.url)
+async def test_update_crm_note_saves_on_known_contact(llm, crm, receiver, call_factory, http, tmp_path):
+    settings = make_settings(llm, crm, receiver.url, outbox_path=str(tmp_path / "outbox.sqlite3"))
     call = await call_factory(settings)
     llm.script.steps += [ToolCall("update_crm_note", {"note": "Prefers calls after 5 pm"}), "Noted."]
 
@@ -147,8 +150,8 @@ async def test_update_crm_note_saves_on_known_contact(llm, crm, receiver, call_f
     assert contact["notes"][0]["call_id"] == call.record.call_id
 
 
-async def test_update_crm_note_unknown_contact_kept(llm, crm, receiver, call_factory):
-    settings = make_settings(llm, crm, receiver.url)
+async def test_update_crm_note_unknown_contact_kept(llm, crm, receiver, call_factory, tmp_path):
+    settings = make_settings(llm, crm, receiver.url, outbox_path=str(tmp_path / "outbox.sqlite3"))
     call = await call_factory(settings, phone="+919811111111")
     llm.script.steps += [ToolCall("update_crm_note", {"note": "Call back Monday"}), "Noted."]
 
@@ -163,9 +166,9 @@ async def test_update_crm_note_unknown_contact_kept(llm, crm, receiver, call_fac
     assert ended["notes"][0]["saved_to_crm"] is False
 
 
-async def test_transfer_call_to_department(llm, crm, receiver, call_factory, sip):
+async def test_transfer_call_to_department(llm, crm, receiver, call_factory, sip, tmp_path):
     stub, sip_url = sip
-    settings = make_settings(llm, crm, receiver.url)
+    settings = make_settings(llm, crm, receiver.url, outbox_path=str(tmp_path / "outbox.sqlite3"))
     livekit = LiveKitApi(sip_url)
     call = await call_factory(settings, calls=_transfers(livekit.sip("callee"), settings))
     llm.script.steps += [ToolCall("transfer_call", {"destination": "Billing "}), "Transferring."]
@@ -184,9 +187,9 @@ async def test_transfer_call_to_department(llm, crm, receiver, call_factory, sip
     assert call.record.transfer_to == "billing"
 
 
-async def test_transfer_call_outside_allowlist_rejected(llm, crm, receiver, call_factory, sip):
+async def test_transfer_call_outside_allowlist_rejected(llm, crm, receiver, call_factory, sip, tmp_path):
     stub, sip_url = sip
-    settings = make_settings(llm, crm, receiver.url)
+    settings = make_settings(llm, crm, receiver.url, outbox_path=str(tmp_path / "outbox.sqlite3"))
     livekit = LiveKitApi(sip_url)
     call = await call_factory(settings, calls=_transfers(livekit.sip("callee"), settings))
     llm.script.steps += [ToolCall("transfer_call", {"destination": "+1 (555) 000-1111"}), "I can't do that."]
@@ -202,12 +205,12 @@ async def test_transfer_call_outside_allowlist_rejected(llm, crm, receiver, call
     assert call.record.transfer_to is None
 
 
-async def test_transfer_call_failure_reported(llm, crm, receiver, call_factory, sip):
+async def test_transfer_call_failure_reported(llm, crm, receiver, call_factory, sip, tmp_path):
     stub, sip_url = sip
     from tests.sip_stub import SipError
 
     stub.transfer_error = SipError(sip_status_code=486, sip_status="Busy Here")
-    settings = make_settings(llm, crm, receiver.url)
+    settings = make_settings(llm, crm, receiver.url, outbox_path=str(tmp_path / "outbox.sqlite3"))
     livekit = LiveKitApi(sip_url)
     call = await call_factory(settings, calls=_transfers(livekit.sip("callee"), settings))
     llm.script.steps += [ToolCall("transfer_call", {"destination": "sales"}), "Sorry, sales is busy."]
@@ -226,7 +229,7 @@ async def test_transfer_call_failure_reported(llm, crm, receiver, call_factory, 
     assert call.record.failed_transfers == ["sales"]
 
 
-async def test_tool_answer_does_not_wait_for_webhook(llm, crm, call_factory):
+async def test_tool_answer_does_not_wait_for_webhook(llm, crm, call_factory, tmp_path):
     gate = asyncio.Event()
     answered: list[int] = []
 
@@ -239,7 +242,7 @@ async def test_tool_answer_does_not_wait_for_webhook(llm, crm, call_factory):
     app = web.Application()
     app.router.add_post("/webhooks", slow_receiver)
     async with serve(app) as url:
-        settings = make_settings(llm, crm, f"{url}/webhooks")
+        settings = make_settings(llm, crm, f"{url}/webhooks", outbox_path=str(tmp_path / "outbox.sqlite3"))
         call = await call_factory(settings)
         llm.script.steps += [ToolCall("record_intent", {"intent": "renewal"}), "Thanks."]
 
@@ -247,7 +250,7 @@ async def test_tool_answer_does_not_wait_for_webhook(llm, crm, call_factory):
 
         result.expect.contains_function_call_output()
         emitter = call.runtime.services.emitter
-        assert emitter.pending == 2
+        assert await call.runtime.services.queue.outbox.pending_count(call.record.call_id) == 2
         assert answered == []
         gate.set()
         assert await emitter.drain(5)

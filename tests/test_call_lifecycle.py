@@ -21,9 +21,10 @@ ASHA = "+919800000001"
 
 
 @pytest.fixture
-def worker_env(monkeypatch, llm, crm, receiver, sip):
+def worker_env(monkeypatch, tmp_path, llm, crm, receiver, sip):
     _, sip_url = sip
     env = {
+        "OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
         "LIVEKIT_URL": sip_url,
         "LIVEKIT_API_KEY": "devkey",
         "LIVEKIT_API_SECRET": "devsecret-devsecret-devsecret-00",

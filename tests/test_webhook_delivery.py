@@ -336,9 +336,9 @@ async def test_emitter_delivers_in_sequence_order(start_receiver, make_sender, c
     emitter = CallEmitter(call_id="call_1", sender=make_sender(receiver), clock=clock)
     emitters.append(emitter)
 
-    emitter.emit("call.started", {"direction": "inbound"})
-    emitter.emit("call.intent", {"intent": "billing"})
-    emitter.emit("call.ended", {"reason": "caller hung up"})
+    await emitter.emit("call.started", {"direction": "inbound"})
+    await emitter.emit("call.intent", {"intent": "billing"})
+    await emitter.emit("call.ended", {"reason": "caller hung up"})
 
     assert await emitter.drain(timeout=GUARD_TIMEOUT) is True
     assert [event.sequence for event in emitter.events] == [1, 2, 3]
@@ -360,10 +360,10 @@ async def test_emitter_sequences_gapless_after_rejected_fields(
     emitter = CallEmitter(call_id="call_1", sender=make_sender(receiver), clock=clock)
     emitters.append(emitter)
 
-    emitter.emit("call.started", {})
+    await emitter.emit("call.started", {})
     with pytest.raises(ValueError, match="collides"):
-        emitter.emit("call.note", {"sequence": 99})
-    emitter.emit("call.ended", {})
+        await emitter.emit("call.note", {"sequence": 99})
+    await emitter.emit("call.ended", {})
 
     assert await emitter.drain(timeout=GUARD_TIMEOUT) is True
     assert [event.sequence for event in emitter.events] == [1, 2]
@@ -377,7 +377,7 @@ async def test_emitter_emit_does_not_wait_for_receiver(
     emitter = CallEmitter(call_id="call_1", sender=make_sender(receiver), clock=clock)
     emitters.append(emitter)
 
-    event = emitter.emit("call.started", {"direction": "inbound"})
+    event = await emitter.emit("call.started", {"direction": "inbound"})
     await asyncio.wait_for(receiver.arrived.wait(), GUARD_TIMEOUT)
 
     assert emitter.events == [event]
@@ -397,7 +397,7 @@ async def test_emitter_drain_timeout_then_aclose(start_receiver, make_sender, cl
     receiver = await start_receiver([Reply(wait_for_release=True)])
     emitter = CallEmitter(call_id="call_drain", sender=make_sender(receiver), clock=clock)
 
-    emitter.emit("call.started", {})
+    await emitter.emit("call.started", {})
     await asyncio.wait_for(receiver.arrived.wait(), GUARD_TIMEOUT)
 
     with caplog.at_level(logging.WARNING, logger="webhooks"):
@@ -420,12 +420,12 @@ async def test_emitter_drain_timeout_then_aclose(start_receiver, make_sender, cl
 async def test_emitter_emit_after_aclose_not_sent(start_receiver, make_sender, clock, caplog):
     receiver = await start_receiver([])
     emitter = CallEmitter(call_id="call_1", sender=make_sender(receiver), clock=clock)
-    emitter.emit("call.started", {})
+    await emitter.emit("call.started", {})
     assert await emitter.drain(timeout=GUARD_TIMEOUT) is True
     await emitter.aclose()
 
     with caplog.at_level(logging.WARNING, logger="webhooks"):
-        late = emitter.emit("call.note", {"note": "late"})
+        late = await emitter.emit("call.note", {"note": "late"})
 
     assert emitter.events[-1] == late
     assert late.sequence == 2
@@ -446,7 +446,7 @@ async def test_emitter_worker_crash_logged(clock, caplog):
     emitter = CallEmitter(call_id="call_crash", sender=CrashingSender(), clock=clock)
 
     with caplog.at_level(logging.ERROR, logger="webhooks"):
-        emitter.emit("call.started", {})
+        await emitter.emit("call.started", {})
         drained = await emitter.drain(timeout=0.05)
 
     assert drained is False
@@ -464,8 +464,8 @@ async def test_emitter_without_sender_records_events(clock, caplog):
     emitter = CallEmitter(call_id="call_off", sender=None, clock=clock)
 
     with caplog.at_level(logging.INFO, logger="webhooks"):
-        first = emitter.emit("call.started", {})
-        second = emitter.emit("call.ended", {})
+        first = await emitter.emit("call.started", {})
+        second = await emitter.emit("call.ended", {})
 
     assert emitter.events == [first, second]
     assert [event.sequence for event in emitter.events] == [1, 2]
