@@ -128,9 +128,11 @@ class OutboxDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def run_once(self) -> int:
-        """Claim due rows and attempt each once; return how many were attempted."""
-        rows = await self._outbox.claim(self.owner, lease_seconds=self._lease_seconds, limit=self._batch_size)
+    async def run_once(self, *, call_id: str | None = None) -> int:
+        """Claim due rows (of `call_id` only, when given) and attempt each once; return how many."""
+        rows = await self._outbox.claim(
+            self.owner, lease_seconds=self._lease_seconds, limit=self._batch_size, call_id=call_id
+        )
         if rows:
             await asyncio.gather(*(self._attempt(row) for row in rows))
         return len(rows)
@@ -141,7 +143,8 @@ class OutboxDispatcher:
         try:
             async with asyncio.timeout(timeout):
                 while await self._outbox.pending_count(call_id):
-                    if await self.run_once() == 0:
+                    # Only this call's rows, so a slow receiver of another call cannot hold the drain.
+                    if await self.run_once(call_id=call_id) == 0:
                         await self._wait(0.05)
         except TimeoutError:
             pending = await self._outbox.pending_count(call_id)

@@ -134,9 +134,14 @@ class Outbox:
         """Store `row`; once this returns, the row survives a crash of this process."""
         await self._run(self._insert, row)
 
-    async def claim(self, owner: str, *, lease_seconds: float, limit: int) -> list[OutboxRow]:
-        """Lease up to `limit` due rows, at most one per stream: the stream's lowest pending sequence."""
-        return await self._run(self._claim, owner, lease_seconds, limit)
+    async def claim(
+        self, owner: str, *, lease_seconds: float, limit: int, call_id: str | None = None
+    ) -> list[OutboxRow]:
+        """Lease up to `limit` due rows, at most one per stream: the stream's lowest pending sequence.
+
+        With `call_id`, only rows of that call are claimed.
+        """
+        return await self._run(self._claim, owner, lease_seconds, limit, call_id)
 
     async def mark_delivered(self, row: OutboxRow, *, status: int | None) -> None:
         await self._run(self._finish, row, DELIVERED, status, None)
@@ -201,8 +206,10 @@ class Outbox:
             (row.id, row.kind, row.call_id, row.stream, row.sequence, row.name, row.body, row.created_at, row.created_at),
         )
 
-    def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[OutboxRow]:
+    def _claim(self, owner: str, lease_seconds: float, limit: int, call_id: str | None) -> list[OutboxRow]:
         now = self._clock()
+        call_filter = "" if call_id is None else " AND o.call_id = ?"
+        args: tuple[Any, ...] = (now, now) if call_id is None else (now, now, call_id)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -210,10 +217,11 @@ class Outbox:
                 f"SELECT {_COLUMNS} FROM outbox AS o"
                 " WHERE o.status = 'pending' AND o.next_attempt_at <= ?"
                 " AND (o.lease_until IS NULL OR o.lease_until <= ?)"
+                f"{call_filter}"
                 " AND o.sequence = (SELECT MIN(p.sequence) FROM outbox AS p"
                 "                   WHERE p.stream = o.stream AND p.status = 'pending')"
                 " ORDER BY o.next_attempt_at, o.created_at LIMIT ?",
-                (now, now, limit),
+                (*args, limit),
             ).fetchall()
             lease_until = now + lease_seconds
             db.executemany(
