@@ -26,6 +26,7 @@ from call_lifecycle import (
     open_outbox_queue,
     parse_dispatch_metadata,
 )
+import log_redaction
 from call_record import INBOUND, CallRecord
 from phone import InvalidPhoneNumber, normalize_e164
 from prompt import build_instructions, greeting_instructions
@@ -81,6 +82,7 @@ async def entrypoint(ctx: JobContext) -> None:
     """Run one call: find the callee, look them up, start the agent, dial, and wait for the end."""
     console = ctx.is_fake_job() and not ctx.job.metadata
     settings = load_settings(mode=CONSOLE if console else WORKER)
+    log_redaction.install(settings.secrets)
 
     record = await _call_record(ctx, settings, console=console)
     if record is None:
@@ -300,16 +302,24 @@ def create_server(settings: Settings) -> AgentServer:
     return server
 
 
+# Commands that start a worker or a console and so need valid settings first.
+_COMMANDS_NEEDING_SETTINGS = ("dev", "start", "console", "connect")
+
+
 def main(argv: list[str]) -> int:
     load_dotenv_file()
     command = argv[1] if len(argv) > 1 else ""
     mode = CONSOLE if command == "console" else WORKER
+    asking_for_help = any(arg in ("-h", "--help") for arg in argv[1:])
 
-    try:
-        settings = load_settings(mode=mode)
-    except ConfigError as err:
-        print(f"agent.py {command}: {err}", file=sys.stderr)
-        return 2
+    settings = Settings()
+    if command in _COMMANDS_NEEDING_SETTINGS and not asking_for_help:
+        try:
+            settings = load_settings(mode=mode)
+        except ConfigError as err:
+            print(f"agent.py {command}: {err}", file=sys.stderr)
+            return 2
+        log_redaction.install(settings.secrets)
 
     if command == "console":
         _allow_console_without_portaudio(argv)

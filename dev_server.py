@@ -484,7 +484,7 @@ async def handle_list_events(request: web.Request) -> web.Response:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the sample CRM and the webhook receiver on 127.0.0.1.")
+    parser = argparse.ArgumentParser(description="Run the sample CRM, the webhook receiver and the keyword LLM on 127.0.0.1.")
     parser.add_argument(
         "--crm-port", type=_port, default=DEFAULT_CRM_PORT, help="TCP port of the sample CRM (default: %(default)s)"
     )

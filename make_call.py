@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 import aiohttp
+import phonenumbers
 from livekit import api
 
 from phone import InvalidPhoneNumber, mask_phone, normalize_e164
@@ -79,7 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line. argparse exits with status 2 on a usage error."""
     parser = argparse.ArgumentParser(
         prog="make_call.py",
-        description="Dispatch the outbound-caller agent to call one phone number.",
+        description="Dispatch the agent named by AGENT_NAME (default outbound-caller) to call one phone number.",
     )
     parser.add_argument(
         "--to",
@@ -107,13 +108,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
     load_dotenv_file()
+    errors: list[str] = []
     try:
         settings = load_settings(os.environ, mode=DISPATCH)
-        phone = read_phone(args.to, default_region=settings.default_region)
+    except ConfigError as err:
+        errors.append(str(err))
+        settings = None
+
+    # Check the arguments too, so that one run reports every problem.
+    region = settings.default_region if settings is not None else _region_from_env()
+    try:
+        phone = read_phone(args.to, default_region=region)
         room = read_room(args.room)
         metadata = read_metadata(args.metadata)
-    except (ConfigError, InvalidArgument) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except InvalidArgument as err:
+        errors.append(str(err))
+
+    if errors or settings is None:
+        for message in errors:
+            print(f"error: {message}", file=sys.stderr)
         return EXIT_INVALID_INPUT
 
     try:
@@ -141,7 +154,16 @@ def read_phone(raw: str, *, default_region: str) -> str:
     try:
         return normalize_e164(raw, default_region=default_region)
     except InvalidPhoneNumber as err:
-        raise InvalidArgument(f"--to is invalid: {err}") from err
+        # The number is the user's own input on their terminal, so it is shown whole here.
+        raise InvalidArgument(
+            f"--to is invalid ({raw!r}): expected E.164 such as +919800000001, "
+            f"or a national number valid in region {default_region}"
+        ) from err
+
+
+def _region_from_env() -> str:
+    region = (os.environ.get("PHONE_DEFAULT_REGION") or "IN").strip().upper()
+    return region if region in phonenumbers.SUPPORTED_REGIONS else "IN"
 
 
 def read_room(raw: str | None) -> str:

@@ -87,6 +87,18 @@ class Settings:
     console_phone_number: str | None = None
 
     @property
+    def secrets(self) -> list[str]:
+        """Secret values that must never appear in a log line."""
+        values = [
+            self.livekit_api_secret,
+            self.openai_api_key,
+            self.deepgram_api_key,
+            self.crm_api_key,
+            self.webhook_secret.decode("utf-8"),
+        ]
+        return [value for value in values if value]
+
+    @property
     def crm_enabled(self) -> bool:
         return bool(self.crm_base_url)
 
@@ -112,6 +124,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, mode: str = WORKE
 
     for name in _REQUIRED[mode]:
         env.require(name)
+    env.livekit_url()
+    env.trunk_id()
 
     region = env.region("PHONE_DEFAULT_REGION", "IN")
     destinations = _transfer_destinations(env, region)
@@ -272,6 +286,23 @@ class _Reader:
             self.problem(f"{name} is invalid ({raw!r}): set an http:// or https:// URL with a host")
             return None
         return raw.rstrip("/")
+
+    def livekit_url(self) -> None:
+        raw = self.text("LIVEKIT_URL")
+        parts = urlsplit(raw)
+        if raw and (parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname):
+            self.problem(
+                f"LIVEKIT_URL is invalid ({raw!r}): set the server's URL with its scheme, "
+                "such as wss://<project>.livekit.cloud or ws://127.0.0.1:7880"
+            )
+
+    def trunk_id(self) -> None:
+        raw = self.text("OUTBOUND_TRUNK_ID")
+        if raw and not raw.startswith("ST_"):
+            self.problem(
+                f"OUTBOUND_TRUNK_ID is invalid ({raw!r}): set the id LiveKit gave the outbound trunk, "
+                "which starts with ST_ (see `lk sip outbound list`)"
+            )
 
     def webhook_url(self) -> str | None:
         url = self.http_url("WEBHOOK_URL")

@@ -126,7 +126,9 @@ class CallTools:
         await self._emit(record, "call.note", {"note": text, "saved_to_crm": saved.saved_to_crm})
         if saved.saved_to_crm:
             return "The note is saved on the CRM record."
-        return "The note is kept with this call and will reach the CRM with the call report."
+        if saved.queued_for_crm:
+            return "The CRM did not confirm the note, so it is queued and will be saved once the CRM responds."
+        return "The person has no CRM record, so the note is kept in this call's report instead."
 
     @function_tool()
     async def transfer_call(self, context: RunContext[CallRecord], destination: str) -> str:

@@ -155,9 +155,11 @@ async def test_update_crm_note_unknown_contact_kept(llm, crm, receiver, call_fac
     call = await call_factory(settings, phone="+919811111111")
     llm.script.steps += [ToolCall("update_crm_note", {"note": "Call back Monday"}), "Noted."]
 
-    await call.say("Note: call back Monday")
+    result = await call.say("Note: call back Monday")
     await call.runtime.finish(reason="test")
 
+    output = result.expect.next_event(type="function_call_output").event().item.output
+    assert "no CRM record" in output
     assert call.record.contact is None
     assert call.record.lookup_status == "not_found"
     ended = payloads(receiver)[-1]

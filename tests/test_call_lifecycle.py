@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import traceback
 
 import pytest
 
@@ -207,3 +209,39 @@ async def test_worker_shutdown_mid_call_sends_call_ended(worker_env, llm, receiv
     ended = await wait_for_event(receiver, "call.ended", timeout=5)
     assert ended["outcome"] == "completed"
     assert len(events_of(receiver, "call.ended")) == 1
+
+
+async def test_full_call_logs_no_secrets(worker_env, llm, receiver, sip, caplog):
+    caplog.set_level(logging.DEBUG)
+    llm.script.steps += [
+        "Hello Asha.",
+        ToolCall("update_crm_note", {"note": "Call back on +919800000001 tomorrow"}),
+        "Noted.",
+    ]
+
+    async with worker() as harness:
+        job_id = await harness.launch(dispatch())
+        runtime = await harness.runtime(job_id)
+        await wait_for_event(receiver, "call.started")
+        await say(runtime, "Note that I want a call back")
+        in_job(runtime, runtime.callee_left)
+        await wait_for_event(receiver, "call.ended")
+        await harness.wait_job_done(job_id)
+
+    secrets = [worker_env[name] for name in ("WEBHOOK_SECRET", "CRM_API_KEY", "LIVEKIT_API_SECRET", "OPENAI_API_KEY")]
+    assert caplog.records
+    for record in caplog.records:
+        text = _record_text(record)
+        for secret in secrets:
+            assert secret not in text, f"secret in log record {record.name}: {record.msg}"
+        assert "9800000001" not in text, f"phone number in log record {record.name}: {record.msg}"
+
+
+def _record_text(record: logging.LogRecord) -> str:
+    """All text a handler could output for `record`: message, extra fields and traceback."""
+    standard = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+    extras = {key: value for key, value in vars(record).items() if key not in standard}
+    parts = [record.getMessage(), repr(extras)]
+    if record.exc_info:
+        parts.append("".join(traceback.format_exception(*record.exc_info)))
+    return "\n".join(parts)

@@ -102,6 +102,8 @@ def test_settings_plain_http_allowed_when_insecure_set():
 @pytest.mark.parametrize(
     ("name", "value"),
     [
+        ("LIVEKIT_URL", "127.0.0.1:1"),
+        ("OUTBOUND_TRUNK_ID", "trunk1"),
         ("CRM_BASE_URL", "crm.example.com"),
         ("OPENAI_BASE_URL", "ftp://127.0.0.1/v1"),
         ("CRM_LOOKUP_TIMEOUT", "abc"),
