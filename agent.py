@@ -7,6 +7,7 @@ terminal with only an OpenAI-compatible endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import sys
@@ -37,6 +38,8 @@ from tools import CallServices, CallTools
 logger = logging.getLogger("agent")
 
 SIP_PHONE_ATTRIBUTE = "sip.phoneNumber"
+# How long a job with no dispatch metadata waits for an inbound caller to appear.
+INBOUND_WAIT_SECONDS = 20.0
 
 # Longest a job may take to exit once asked to stop: the end-of-call CRM writes
 # (3 s) plus the webhook drain (at most 8 s), with room to spare. The framework
@@ -144,7 +147,19 @@ async def _call_record(ctx: JobContext, settings: Settings, *, console: bool) ->
 
 
 async def _inbound_record(ctx: JobContext, settings: Settings) -> CallRecord | None:
-    participant = await ctx.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_SIP)
+    """Read the caller of an inbound call, or end the job if no SIP participant joins in time."""
+    try:
+        async with asyncio.timeout(INBOUND_WAIT_SECONDS):
+            participant = await ctx.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_SIP)
+    except TimeoutError:
+        reason = (
+            "dispatch metadata is empty and no SIP participant joined within "
+            f"{INBOUND_WAIT_SECONDS:g} s; dispatch with {{\"phone_number\": \"+91...\"}} to place a call"
+        )
+        logger.error("no phone number to call and no inbound caller", extra={"room": ctx.room.name})
+        await _report_failed_dispatch(ctx, settings, reason=reason)
+        return None
+
     raw = participant.attributes.get(SIP_PHONE_ATTRIBUTE, "")
     try:
         phone = normalize_e164(raw, default_region=settings.default_region)

@@ -256,8 +256,13 @@ class Outbox:
         return int(self._db.execute(query, args).fetchone()[0])
 
     def _next_due_at(self) -> float | None:
+        # Only stream heads count, because a row behind a failing head cannot be claimed
+        # at its own next_attempt_at. Counting it would make the delivery loop poll every 10 ms.
         value = self._db.execute(
-            "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM outbox WHERE status = 'pending'"
+            "SELECT MIN(MAX(o.next_attempt_at, COALESCE(o.lease_until, 0))) FROM outbox AS o"
+            " WHERE o.status = 'pending'"
+            " AND o.sequence = (SELECT MIN(p.sequence) FROM outbox AS p"
+            "                   WHERE p.stream = o.stream AND p.status = 'pending')"
         ).fetchone()[0]
         return None if value is None else float(value)
 

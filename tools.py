@@ -7,6 +7,7 @@ webhook delivery. CRM calls are bounded by `CRM_TOOL_TIMEOUT`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -230,10 +231,25 @@ class CallTools:
         await self.services.emitter.emit(event, {**record.event_fields(), **fields})
 
 
+def _unwrap_double_encoded(value: str, *, name: str) -> str:
+    """Undo a model's double encoding: '{"note": "x"}' passed as the note becomes "x"."""
+    stripped = value.strip()
+    if not (stripped.startswith("{") and stripped.endswith("}")):
+        return value
+    try:
+        decoded = json.loads(stripped)
+    except json.JSONDecodeError:
+        return value
+    if isinstance(decoded, dict) and len(decoded) == 1 and isinstance(decoded.get(name), str):
+        return decoded[name]
+    return value
+
+
 def _required_text(value: object, *, name: str, max_chars: int, keep_lines: bool = False) -> str:
     """Validate a text argument from the model, raising ToolError with a usable message."""
     if not isinstance(value, str):
         raise ToolError(f"The {name} argument must be text, not {type(value).__name__}.")
+    value = _unwrap_double_encoded(value, name=name)
 
     if keep_lines:
         lines = (strip_control(line) for line in value.splitlines())

@@ -42,8 +42,9 @@ class SipStub:
     transfer_response: api.TransferSIPParticipantResponse = field(
         default_factory=lambda: api.TransferSIPParticipantResponse(status=api.STS_TRANSFER_SUCCESSFUL)
     )
-    # Set to make TransferSIPParticipant wait until the test releases it.
+    # Set to make TransferSIPParticipant or CreateSIPParticipant wait until the test releases it.
     transfer_gate: asyncio.Event | None = None
+    dial_gate: asyncio.Event | None = None
     dials: list[api.CreateSIPParticipantRequest] = field(default_factory=list)
     transfers: list[api.TransferSIPParticipantRequest] = field(default_factory=list)
 
@@ -56,6 +57,8 @@ class SipStub:
     async def _create(self, request: web.Request) -> web.Response:
         dial = api.CreateSIPParticipantRequest.FromString(await request.read())
         self.dials.append(dial)
+        if self.dial_gate is not None:
+            await self.dial_gate.wait()
         if self.dial_error is not None:
             return self.dial_error.response()
 
