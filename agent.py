@@ -8,6 +8,7 @@ terminal with only an OpenAI-compatible endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import aiohttp
 from livekit import rtc
-from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli, room_io
+from livekit.agents import AMD, Agent, AgentServer, AgentSession, JobContext, JobProcess, cli, room_io
 from livekit.agents.voice.events import CloseEvent
 from livekit.plugins import deepgram, openai, silero
 
@@ -40,6 +41,8 @@ logger = logging.getLogger("agent")
 SIP_PHONE_ATTRIBUTE = "sip.phoneNumber"
 # How long a job with no dispatch metadata waits for an inbound caller to appear.
 INBOUND_WAIT_SECONDS = 20.0
+# Longest wait for VOICEMAIL_MESSAGE to finish playing before hanging up.
+VOICEMAIL_PLAYOUT_SECONDS = 30.0
 
 # Longest a job may take to exit once asked to stop: the end-of-call CRM writes
 # (3 s) plus the webhook drain (at most 8 s), with room to spare. The framework
@@ -217,29 +220,73 @@ async def _start_session(
 async def _dial(ctx: JobContext, runtime: CallRuntime, sip: LiveKitSip, session: AgentSession[CallRecord]) -> None:
     record = runtime.record
     settings = runtime.services.settings
-    try:
-        await sip.dial(
-            trunk_id=settings.outbound_trunk_id,
-            phone=record.phone or "",
-            ringing_timeout=settings.ringing_timeout,
-            max_call_duration=settings.max_call_duration,
-            attributes={"call_id": record.call_id},
-        )
-    except DialFailure as failure:
-        record.end_reason = "dial failed"
-        record.mark_dial_failed(outcome=failure.outcome, sip_status=failure.sip_status, reason=failure.reason)
-        logger.warning(
-            "dial failed",
-            extra={**runtime.log_fields, "outcome": failure.outcome, "sip_status": failure.sip_status},
-        )
-        runtime.end_call("dial failed")
-        return
+    detector = create_machine_detector(ctx, session, record, settings)
 
-    await _answer(runtime, session)
+    async with contextlib.AsyncExitStack() as stack:
+        # The detector listens from the first moment of the call, so it starts before dialing.
+        if detector is not None:
+            await stack.enter_async_context(detector)
+
+        record.mark_dialing()
+        try:
+            await sip.dial(
+                trunk_id=settings.outbound_trunk_id,
+                phone=record.phone or "",
+                ringing_timeout=settings.ringing_timeout,
+                max_call_duration=settings.max_call_duration,
+                attributes={"call_id": record.call_id},
+            )
+        except DialFailure as failure:
+            record.end_reason = "dial failed"
+            record.mark_dial_failed(
+                outcome=failure.outcome, sip_status_code=failure.sip_status_code, reason=failure.reason
+            )
+            logger.warning(
+                "dial failed",
+                extra={**runtime.log_fields, "outcome": failure.outcome, "sip_status_code": failure.sip_status_code},
+            )
+            runtime.end_call("dial failed")
+            return
+
+        await runtime.mark_answered()
+        if detector is not None and (await detector.execute()).is_machine:
+            await _leave_voicemail(runtime, session)
+            return
+
+    await _greet(runtime, session)
+
+
+def create_machine_detector(
+    ctx: JobContext, session: AgentSession[CallRecord], record: CallRecord, settings: Settings
+) -> AMD | None:
+    """Answering-machine detection for an outbound call; None when off or without audio (fake jobs)."""
+    if ctx.is_fake_job() or not settings.voicemail_detection:
+        return None
+    return AMD(session, participant_identity=record.participant_identity)
+
+
+async def _leave_voicemail(runtime: CallRuntime, session: AgentSession[CallRecord]) -> None:
+    """End a call a machine answered, after leaving VOICEMAIL_MESSAGE when configured."""
+    settings = runtime.services.settings
+    runtime.record.mark_voicemail()
+    logger.info("answering machine detected", extra={**runtime.log_fields, "action": settings.voicemail_action})
+
+    if settings.voicemail_action == "message":
+        handle = session.say(settings.voicemail_message, allow_interruptions=False, add_to_chat_ctx=True)
+        try:
+            async with asyncio.timeout(VOICEMAIL_PLAYOUT_SECONDS):
+                await handle.wait_for_playout()
+        except TimeoutError:
+            logger.warning("voicemail message playout timed out", extra=runtime.log_fields)
+    runtime.end_call("answering machine")
 
 
 async def _answer(runtime: CallRuntime, session: AgentSession[CallRecord]) -> None:
     await runtime.mark_answered()
+    await _greet(runtime, session)
+
+
+async def _greet(runtime: CallRuntime, session: AgentSession[CallRecord]) -> None:
     session.generate_reply(instructions=greeting_instructions(runtime.record))
 
 

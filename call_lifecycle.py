@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+import call_report
 from call_record import FAILED, CallRecord
 from crm_client import CrmClient, CrmError
 from delivery import OutboxDispatcher, OutboxQueue, RowSender
@@ -147,8 +148,8 @@ class CallRuntime:
         logger.info("call answered", extra=self.log_fields)
 
     def callee_left(self) -> None:
-        """The caller's SIP participant left the room: hang-up, or a completed transfer."""
-        self.record.end_reason = self.record.end_reason or "callee left"
+        """End the job because the caller's SIP participant left: a hang-up, or a completed transfer."""
+        self.record.mark_callee_left()
         self.end_call("callee left")
 
     async def finish(self, *, reason: str) -> None:
@@ -159,13 +160,14 @@ class CallRuntime:
 
         record = self.record
         record.finish(reason=reason)
+        self._collect_session_report()
         await self._queue_crm_writes()
 
         emitter = self.services.emitter
         await emitter.emit("call.ended", record.ended_fields())
         logger.info(
             "call ended",
-            extra={**self.log_fields, "outcome": record.outcome, "sip_status": record.sip_status, "reason": reason},
+            extra={**self.log_fields, "outcome": record.outcome, "sip_status_code": record.sip_status_code, "reason": reason},
         )
 
         # Whatever is not delivered in time stays in the outbox, and the worker's
@@ -189,6 +191,14 @@ class CallRuntime:
             await resource.aclose()
         await self._http.close()
 
+    def _collect_session_report(self) -> None:
+        """Copy usage figures, and the transcript when REPORT_TRANSCRIPT is on, from the session."""
+        if self.session is None:
+            return
+        self.record.usage = call_report.usage(self.session.usage.model_usage)
+        if self.services.settings.report_transcript:
+            self.record.transcript = call_report.transcript(self.session.history)
+
     async def _queue_crm_writes(self) -> None:
         """Store the call activity and every note the CRM has not confirmed in the outbox."""
         record = self.record
@@ -208,5 +218,5 @@ class CallRuntime:
 def failed_record(*, room: str, job_id: str, reason: str) -> CallRecord:
     """A record for a dispatch that could not start a call."""
     record = CallRecord(phone=None, room=room, job_id=job_id)
-    record.mark_dial_failed(outcome=FAILED, sip_status=None, reason=reason)
+    record.mark_dial_failed(outcome=FAILED, sip_status_code=None, reason=reason)
     return record

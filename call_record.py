@@ -16,9 +16,17 @@ from crm_client import Contact
 # Values of the `outcome` field of call.ended.
 COMPLETED = "completed"
 TRANSFERRED = "transferred"
-BUSY = "busy"
+VOICEMAIL = "voicemail"
 NO_ANSWER = "no_answer"
+BUSY = "busy"
+REJECTED = "rejected"
 FAILED = "failed"
+
+# Values of the `ended_by` field of call.ended.
+BY_CALLEE = "callee"
+BY_AGENT = "agent"
+BY_TRANSFER = "transfer"
+BY_SYSTEM = "system"
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"
@@ -56,13 +64,20 @@ class CallRecord:
     transfer_to: str | None = None
     failed_transfers: list[str] = field(default_factory=list)
 
+    # When the job started, which is when the dispatch reached this worker.
     created_at: float = field(default_factory=time.time)
+    dial_started_at: float | None = None
     answered_at: float | None = None
     ended_at: float | None = None
     outcome: str | None = None
-    sip_status: int | None = None
+    ended_by: str | None = None
+    sip_status_code: int | None = None
     sip_reason: str | None = None
     end_reason: str | None = None
+
+    # Filled from the session when the call ends.
+    transcript: list[dict[str, Any]] | None = None
+    usage: dict[str, float] = field(default_factory=dict)
 
     @property
     def contact_id(self) -> str | None:
@@ -77,30 +92,55 @@ class CallRecord:
         return self.answered_at is not None
 
     @property
-    def duration_seconds(self) -> float:
+    def talk_seconds(self) -> float:
         """Seconds from answer to end; 0 for a call that was never answered."""
         if self.answered_at is None:
             return 0.0
         end = self.ended_at if self.ended_at is not None else time.time()
         return round(max(0.0, end - self.answered_at), 3)
 
+    @property
+    def ring_seconds(self) -> float | None:
+        """Seconds from the dial request to answer or failure; None when nothing was dialed."""
+        if self.dial_started_at is None:
+            return None
+        end = self.answered_at or self.ended_at or time.time()
+        return round(max(0.0, end - self.dial_started_at), 3)
+
+    def mark_dialing(self, at: float | None = None) -> None:
+        self.dial_started_at = time.time() if at is None else at
+
     def mark_answered(self, at: float | None = None) -> None:
         self.answered_at = time.time() if at is None else at
 
-    def mark_dial_failed(self, *, outcome: str, sip_status: int | None, reason: str) -> None:
+    def mark_dial_failed(self, *, outcome: str, sip_status_code: int | None, reason: str) -> None:
         self.outcome = outcome
-        self.sip_status = sip_status
+        self.ended_by = BY_SYSTEM
+        self.sip_status_code = sip_status_code
         self.sip_reason = reason
 
+    def mark_voicemail(self) -> None:
+        self.outcome = VOICEMAIL
+        self.ended_by = BY_AGENT
+        self.end_reason = "answering machine"
+
+    def mark_callee_left(self) -> None:
+        """Record that the caller's SIP participant left: a hang-up, or the end of a transfer."""
+        if self.ended_by is None:
+            self.ended_by = BY_TRANSFER if self.transfer_to is not None else BY_CALLEE
+        self.end_reason = self.end_reason or "callee left"
+
     def finish(self, *, reason: str, at: float | None = None) -> None:
-        """Fix the end time and the outcome; later calls change nothing."""
+        """Fix the end time, outcome and ended_by; later calls change nothing."""
         if self.ended_at is not None:
             return
 
         self.ended_at = time.time() if at is None else at
-        self.end_reason = reason
+        self.end_reason = self.end_reason or reason
         if self.outcome is None:
             self.outcome = self._outcome_from_state()
+        if self.ended_by is None:
+            self.ended_by = BY_TRANSFER if self.outcome == TRANSFERRED else BY_SYSTEM
 
     def _outcome_from_state(self) -> str:
         if self.transfer_to is not None:
@@ -113,7 +153,7 @@ class CallRecord:
         """Describe the call in one or two plain sentences, for CRMs and dashboards."""
         parts = [f"{self.direction.capitalize()} call, outcome {self.outcome or 'unknown'}"]
         if self.answered:
-            parts[0] += f", {round(self.duration_seconds)} s after answer"
+            parts[0] += f", {round(self.talk_seconds)} s after answer"
         if self.intents:
             parts.append("Intent: " + "; ".join(self.intents))
         if self.notes:
@@ -140,19 +180,20 @@ class CallRecord:
     def ended_fields(self) -> dict[str, Any]:
         """Return the fields of call.ended. Call `finish` first."""
         return {
-            "phone": self.phone,
-            "room": self.room,
+            **self.event_fields(),
             "direction": self.direction,
             "trunk_id": self.trunk_id,
-            "contact_id": self.contact_id,
             "contact_name": self.contact_name,
             "outcome": self.outcome,
-            "sip_status": self.sip_status,
+            "ended_by": self.ended_by,
+            "sip_status_code": self.sip_status_code,
             "sip_reason": self.sip_reason,
             "end_reason": self.end_reason,
+            "dispatched_at": self.created_at,
             "answered_at": self.answered_at,
             "ended_at": self.ended_at,
-            "duration_seconds": self.duration_seconds,
+            "ring_seconds": self.ring_seconds,
+            "talk_seconds": self.talk_seconds,
             "intent": self.intents[-1] if self.intents else None,
             "intents": list(self.intents),
             "notes": [
@@ -162,6 +203,8 @@ class CallRecord:
             "destination": self.transfer_to,
             "failed_transfers": list(self.failed_transfers),
             "summary": self.summary(),
+            "usage": dict(self.usage),
+            "transcript": self.transcript,
             "metadata": self.metadata,
         }
 
@@ -171,7 +214,11 @@ class CallRecord:
             "call_id": self.call_id,
             "phone": self.phone,
             "outcome": self.outcome,
-            "duration_seconds": self.duration_seconds,
+            "ended_by": self.ended_by,
+            "duration_seconds": self.talk_seconds,
+            "ring_seconds": self.ring_seconds,
+            "answered_at": self.answered_at,
+            "ended_at": self.ended_at,
             "intent": self.intents[-1] if self.intents else None,
             "summary": self.summary(),
             "transfer_to": self.transfer_to,

@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS activities (
     intent TEXT,
     summary TEXT,
     transfer_to TEXT,
+    details TEXT,
     created_at TEXT NOT NULL
 );
 """
@@ -114,11 +115,19 @@ def init_db(db_path: str) -> None:
     """Create the tables and insert the sample contacts when the contacts table is empty."""
     with _connect(db_path) as connection:
         connection.executescript(SCHEMA)
+        _add_missing_columns(connection)
         (count,) = connection.execute("SELECT COUNT(*) FROM contacts").fetchone()
         if count == 0:
             connection.executemany(
                 f"INSERT INTO contacts ({CONTACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", SAMPLE_CONTACTS
             )
+
+
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    """Add columns that newer versions of this file use to a database made by an older one."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(activities)")}
+    if "details" not in columns:
+        connection.execute("ALTER TABLE activities ADD COLUMN details TEXT")
 
 
 def find_contacts(db_path: str, *, phone: str | None, query: str | None) -> list[dict[str, Any]]:
@@ -160,8 +169,14 @@ def get_contact(db_path: str, contact_id: str) -> dict[str, Any] | None:
 
     contact = dict(row)
     contact["notes"] = [dict(note) for note in notes]
-    contact["activities"] = [dict(activity) for activity in activities]
+    contact["activities"] = [_activity(dict(activity)) for activity in activities]
     return contact
+
+
+def _activity(row: dict[str, Any]) -> dict[str, Any]:
+    details = row.pop("details", None)
+    row["details"] = json.loads(details) if details else {}
+    return row
 
 
 def insert_row(db_path: str, table: str, contact_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -337,7 +352,7 @@ def parse_note(body: object) -> dict[str, Any]:
 
 
 def parse_activity(body: object) -> dict[str, Any]:
-    """Validate an activity body {"type": str, ...} and return its columns. Unknown keys are ignored."""
+    """Validate an activity body {"type": str, ...} and return its columns; other keys go to `details`."""
     if not isinstance(body, dict):
         raise InvalidBody("request body must be a JSON object such as {\"type\": \"call\"}")
 
@@ -354,6 +369,9 @@ def parse_activity(body: object) -> dict[str, Any]:
     fields: dict[str, Any] = {"type": activity_type, "duration_seconds": duration}
     for name in ACTIVITY_TEXT_FIELDS:
         fields[name] = _optional_text(body, name, MAX_ACTIVITY_TEXT_CHARS)
+    # Keys without a column of their own (timing, ended_by) are kept as sent, for inspection.
+    extra = {key: value for key, value in body.items() if key not in fields}
+    fields["details"] = json.dumps(extra, ensure_ascii=False)
     return fields
 
 

@@ -86,6 +86,13 @@ class Settings:
     max_call_duration: float = 1800.0
     console_phone_number: str | None = None
 
+    # call.ended carries the transcript only when enabled, since it is personal data.
+    report_transcript: bool = False
+    voicemail_detection: bool = True
+    # "hangup", or "message" to leave voicemail_message first.
+    voicemail_action: str = "hangup"
+    voicemail_message: str = ""
+
     @property
     def secrets(self) -> list[str]:
         """Secret values that must never appear in a log line."""
@@ -159,6 +166,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, mode: str = WORKE
         ringing_timeout=env.seconds("RINGING_TIMEOUT", 30.0),
         max_call_duration=env.seconds("MAX_CALL_DURATION", 1800.0),
         console_phone_number=env.phone("CONSOLE_PHONE_NUMBER", region),
+        report_transcript=env.flag("REPORT_TRANSCRIPT", False),
+        voicemail_detection=env.flag("VOICEMAIL_DETECTION", True),
+        voicemail_action=env.choice("VOICEMAIL_ACTION", ("hangup", "message"), "hangup"),
+        voicemail_message=env.text("VOICEMAIL_MESSAGE"),
     )
 
     if settings.crm_base_url and not settings.crm_api_key:
@@ -167,6 +178,12 @@ def load_settings(environ: Mapping[str, str] | None = None, *, mode: str = WORKE
         env.problem(
             "WEBHOOK_SECRET is missing: WEBHOOK_URL is set, so set WEBHOOK_SECRET to the secret "
             "your receiver verifies signatures with, or unset WEBHOOK_URL"
+        )
+
+    if settings.voicemail_action == "message" and not settings.voicemail_message:
+        env.problem(
+            "VOICEMAIL_MESSAGE is missing: VOICEMAIL_ACTION is message, so set the short message "
+            "to leave on an answering machine, or set VOICEMAIL_ACTION=hangup"
         )
 
     transfers_configured = settings.transfer_destinations or settings.transfer_allowlist
@@ -258,6 +275,26 @@ class _Reader:
             return default
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name).lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        self.problem(f"{name} is invalid ({raw!r}): set true or false")
+        return default
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        raw = self.text(name).lower()
+        if not raw:
+            return default
+        if raw not in options:
+            self.problem(f"{name} is invalid ({raw!r}): set one of {', '.join(options)}")
+            return default
+        return raw
+
     def region(self, name: str, default: str) -> str:
         raw = self.text(name).upper() or default
         if raw not in phonenumbers.SUPPORTED_REGIONS:
@@ -310,7 +347,7 @@ class _Reader:
             return None
 
         parts = urlsplit(url)
-        allow_insecure = self.text("WEBHOOK_ALLOW_INSECURE").lower() in ("1", "true", "yes")
+        allow_insecure = self.flag("WEBHOOK_ALLOW_INSECURE", False)
         if parts.scheme == "http" and not _is_loopback(parts.hostname or "") and not allow_insecure:
             self.problem(
                 "WEBHOOK_URL is invalid: plain http is accepted only for loopback hosts, because "

@@ -17,47 +17,52 @@ from typing import Protocol
 import aiohttp
 from livekit import api
 
-from call_record import BUSY, FAILED, NO_ANSWER
+from call_record import BUSY, FAILED, NO_ANSWER, REJECTED
 
 logger = logging.getLogger(__name__)
 
-# SIP final responses that mean the callee was reached but did not talk.
-# 486 Busy Here and 600 Busy Everywhere are busy; 408 Request Timeout,
-# 480 Temporarily Unavailable and 487 Request Terminated (ringing cancelled)
-# mean nobody answered. Every other code, and no code at all, is a failure.
+# SIP final responses that mean the callee was reached but did not talk
+# (RFC 3261 section 21, RFC 8197, RFC 8688). 486 Busy Here and 600 Busy
+# Everywhere are busy. 408 Request Timeout, 480 Temporarily Unavailable and
+# 487 Request Terminated (ringing cancelled) mean the call was not picked up.
+# 603 Decline, 607 Unwanted and 608 Rejected mean the callee or their network
+# turned the call down. Every other code, and no code at all, is a failure.
 _SIP_OUTCOMES = {
     486: BUSY,
     600: BUSY,
     408: NO_ANSWER,
     480: NO_ANSWER,
     487: NO_ANSWER,
+    603: REJECTED,
+    607: REJECTED,
+    608: REJECTED,
 }
 
 
-def dial_outcome(sip_status: int | None) -> str:
-    """Map the SIP status of a failed dial to a call.ended outcome."""
-    if sip_status is None:
+def dial_outcome(sip_status_code: int | None) -> str:
+    """Map the SIP status code of a failed dial to a call.ended outcome."""
+    if sip_status_code is None:
         return FAILED
-    return _SIP_OUTCOMES.get(sip_status, FAILED)
+    return _SIP_OUTCOMES.get(sip_status_code, FAILED)
 
 
 class DialFailure(Exception):
     """The callee was not reached or did not answer."""
 
-    def __init__(self, sip_status: int | None, reason: str) -> None:
-        super().__init__(f"dial failed: {reason} (SIP {sip_status})")
-        self.sip_status = sip_status
+    def __init__(self, sip_status_code: int | None, reason: str) -> None:
+        super().__init__(f"dial failed: {reason} (SIP {sip_status_code})")
+        self.sip_status_code = sip_status_code
         self.reason = reason
 
     @property
     def outcome(self) -> str:
-        return dial_outcome(self.sip_status)
+        return dial_outcome(self.sip_status_code)
 
 
 @dataclass(frozen=True)
 class TransferResult:
     ok: bool
-    sip_status: int | None = None
+    sip_status_code: int | None = None
     reason: str | None = None
 
 
@@ -125,7 +130,7 @@ class LiveKitSip:
                 response = await self._api.sip.transfer_sip_participant(request, timeout=timeout)
         except api.SipCallError as err:
             reason = err.sip_transfer_reason or err.sip_status or err.message or "sip error"
-            return TransferResult(ok=False, sip_status=err.sip_status_code, reason=reason)
+            return TransferResult(ok=False, sip_status_code=err.sip_status_code, reason=reason)
         except api.ServerError as err:
             return TransferResult(ok=False, reason=f"livekit error {err.code}")
         except (aiohttp.ClientError, TimeoutError) as err:
@@ -135,15 +140,15 @@ class LiveKitSip:
 
 
 def _transfer_result(response: api.TransferSIPParticipantResponse) -> TransferResult:
-    sip_status = response.sip_status.code if response.HasField("sip_status") else None
+    sip_status_code = response.sip_status.code if response.HasField("sip_status") else None
     if response.status == api.STS_TRANSFER_SUCCESSFUL:
-        return TransferResult(ok=True, sip_status=sip_status)
+        return TransferResult(ok=True, sip_status_code=sip_status_code)
 
     # NOTE: a response with no status, id or reason is read as success, on the
     # assumption that servers predating the status field answer that way and
     # report failures only by raising. Not checked against such a server.
     if response.status == api.STS_TRANSFER_ONGOING and not response.transfer_id and not response.reason:
-        return TransferResult(ok=True, sip_status=sip_status)
+        return TransferResult(ok=True, sip_status_code=sip_status_code)
 
     status_name = api.SIPTransferStatus.Name(response.status)
-    return TransferResult(ok=False, sip_status=sip_status, reason=response.reason or status_name)
+    return TransferResult(ok=False, sip_status_code=sip_status_code, reason=response.reason or status_name)

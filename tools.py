@@ -31,6 +31,12 @@ MAX_INTENT_CHARS = 200
 MAX_NOTE_CHARS = 2000
 MAX_QUERY_CHARS = 100
 
+# Zero-width non-joiner and joiner. Emoji sequences such as 👩\u200d💻 and words in
+# Persian and Indic scripts need them, so tool arguments keep them.
+# NOTE: other format characters are still dropped, among them the tag characters
+# that subdivision flags such as Scotland's are built from.
+TEXT_JOINERS = "\u200c\u200d"
+
 
 @dataclass
 class CallServices:
@@ -145,17 +151,21 @@ class CallTools:
         calls = self.services.calls
 
         if calls is None:
-            return await self._transfer_failed(record, name, number, sip_status=None, reason="no phone line in this session")
+            return await self._transfer_failed(
+                record, name, number, sip_status_code=None, reason="no phone line in this session"
+            )
 
         context.disallow_interruptions()
         address = transfer_uri(number, self.services.settings.vobiz_sip_domain)
         result = await calls.transfer(transfer_to=address)
 
         if not result.ok:
-            return await self._transfer_failed(record, name, number, sip_status=result.sip_status, reason=result.reason)
+            return await self._transfer_failed(
+                record, name, number, sip_status_code=result.sip_status_code, reason=result.reason
+            )
 
         record.transfer_to = name
-        await self._emit(record, "call.transferred", {"destination": name, "transfer_to": number, "sip_status": result.sip_status})
+        await self._emit(record, "call.transferred", {"destination": name, "transfer_to": number, "sip_status_code": result.sip_status_code})
         logger.info("call transferred", extra={"call_id": record.call_id, "destination": name})
         return "The transfer succeeded; the person is now with the team."
 
@@ -183,17 +193,17 @@ class CallTools:
         )
 
     async def _transfer_failed(
-        self, record: CallRecord, name: str, number: str, *, sip_status: int | None, reason: str | None
+        self, record: CallRecord, name: str, number: str, *, sip_status_code: int | None, reason: str | None
     ) -> str:
         record.failed_transfers.append(name)
         await self._emit(
             record,
             "call.transfer_failed",
-            {"destination": name, "transfer_to": number, "sip_status": sip_status, "reason": reason},
+            {"destination": name, "transfer_to": number, "sip_status_code": sip_status_code, "reason": reason},
         )
         logger.warning(
             "call transfer failed",
-            extra={"call_id": record.call_id, "destination": name, "sip_status": sip_status, "reason": reason},
+            extra={"call_id": record.call_id, "destination": name, "sip_status_code": sip_status_code, "reason": reason},
         )
         return (
             f"The transfer to {name} did not go through. Tell the person, apologise, "
@@ -252,12 +262,12 @@ def _required_text(value: object, *, name: str, max_chars: int, keep_lines: bool
     value = _unwrap_double_encoded(value, name=name)
 
     if keep_lines:
-        lines = (strip_control(line) for line in value.splitlines())
+        lines = (strip_control(line, keep=TEXT_JOINERS) for line in value.splitlines())
         text = "\n".join(line for line in lines if line)
     else:
-        text = strip_control(value)
+        text = strip_control(value, keep=TEXT_JOINERS)
 
-    if not text:
+    if not text.strip(TEXT_JOINERS):
         raise ToolError(f"The {name} argument is empty. Ask the person, then call the tool again with it.")
     if len(text) > max_chars:
         raise ToolError(f"The {name} is too long ({len(text)} characters; the maximum is {max_chars}). Shorten it.")

@@ -226,7 +226,7 @@ async def test_transfer_call_failure_reported(llm, crm, receiver, call_factory, 
     assert "did not go through" in output.output
     failed = payloads(receiver)[-1]
     assert failed["event"] == "call.transfer_failed"
-    assert failed["sip_status"] == 486
+    assert failed["sip_status_code"] == 486
     assert call.record.transfer_to is None
     assert call.record.failed_transfers == ["sales"]
 

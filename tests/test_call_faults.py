@@ -25,7 +25,7 @@ from tests.worker_harness import in_job, worker
         (SipError(sip_status_code=404, sip_status="Not Found"), "failed"),
         (SipError(sip_status_code=408, sip_status="Request Timeout"), "no_answer"),
         (SipError(sip_status_code=503, sip_status="Service Unavailable"), "failed"),
-        (SipError(sip_status_code=603, sip_status="Decline"), "failed"),
+        (SipError(sip_status_code=603, sip_status="Decline"), "rejected"),
         (SipError(sip_status_code=None, code="internal", http_status=400), "failed"),
     ],
 )
@@ -39,7 +39,7 @@ async def test_dial_error_maps_to_outcome(worker_env, receiver, sip, error, outc
         await harness.wait_job_done(job_id)
 
     assert ended["outcome"] == outcome
-    assert ended["sip_status"] == error.sip_status_code
+    assert ended["sip_status_code"] == error.sip_status_code
     assert ended["sip_reason"]
     assert len(stub.dials) == 1
     assert events_of(receiver, "call.started") == []

@@ -88,7 +88,7 @@ async def test_answered_call_hung_up_by_callee(worker_env, llm, receiver, sip, h
     assert ended["intents"] == ["upgrade plan"]
     assert ended["contact_id"] == "ct_1001"
     assert ended["metadata"] == {"campaign": "renewals"}
-    assert ended["duration_seconds"] > 0
+    assert ended["talk_seconds"] > 0
     assert ended["end_reason"] == "callee left"
     names = [e["payload"]["event"] for e in received_events(receiver)]
     assert names == ["call.started", "call.intent", "call.ended"]
@@ -114,9 +114,9 @@ async def test_dial_failure_ends_with_outcome(worker_env, receiver, sip, sip_sta
         await harness.wait_job_done(job_id)
 
     assert ended["outcome"] == outcome
-    assert ended["sip_status"] == sip_status
+    assert ended["sip_status_code"] == sip_status
     assert ended["answered_at"] is None
-    assert ended["duration_seconds"] == 0
+    assert ended["talk_seconds"] == 0
     assert events_of(receiver, "call.started") == []
     assert len(events_of(receiver, "call.ended")) == 1
     assert len(stub.dials) == 1
@@ -159,7 +159,7 @@ async def test_transfer_failure_keeps_call(worker_env, llm, receiver, sip):
 
     failed = events_of(receiver, "call.transfer_failed")
     assert len(failed) == 1
-    assert failed[0]["sip_status"] == 603
+    assert failed[0]["sip_status_code"] == 603
     assert events_of(receiver, "call.transferred") == []
     assert ended["outcome"] == "completed"
     assert ended["failed_transfers"] == ["billing"]
