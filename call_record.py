@@ -77,7 +77,14 @@ class CallRecord:
 
     # Filled from the session when the call ends.
     transcript: list[dict[str, Any]] | None = None
-    usage: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, float] = field(
+        default_factory=lambda: {
+            "llm_prompt_tokens": 0,
+            "llm_completion_tokens": 0,
+            "stt_audio_seconds": 0.0,
+            "tts_characters": 0,
+        }
+    )
 
     @property
     def contact_id(self) -> str | None:

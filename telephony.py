@@ -150,5 +150,8 @@ def _transfer_result(response: api.TransferSIPParticipantResponse) -> TransferRe
     if response.status == api.STS_TRANSFER_ONGOING and not response.transfer_id and not response.reason:
         return TransferResult(ok=True, sip_status_code=sip_status_code)
 
+    # `reason` is a SIPTransferReason enum value; report its name, like STR_REJECTED.
+    reason_field = response.DESCRIPTOR.fields_by_name["reason"].enum_type
+    reason = reason_field.values_by_number[response.reason].name if response.reason else None
     status_name = api.SIPTransferStatus.Name(response.status)
-    return TransferResult(ok=False, sip_status_code=sip_status_code, reason=response.reason or status_name)
+    return TransferResult(ok=False, sip_status_code=sip_status_code, reason=reason or status_name)

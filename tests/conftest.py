@@ -19,6 +19,7 @@ if ROOT not in sys.path:
 import dev_llm  # noqa: E402
 import dev_server  # noqa: E402
 from tests.aioresponses_compat import CompatClientResponse  # noqa: E402
+from tests.event_schemas import schema_errors  # noqa: E402
 from tests.servers import serve  # noqa: E402
 from tests.sip_stub import SipStub  # noqa: E402
 
@@ -57,6 +58,12 @@ async def receiver() -> AsyncIterator[Server]:
     app = dev_server.create_receiver_app(secret=WEBHOOK_SECRET)
     async with serve(app) as url:
         yield Server(url=f"{url}/webhooks", app=app)
+
+    # Every event the product sent in any test must match its published schema.
+    for kept in app[dev_server.EVENTS]:
+        payload = kept["payload"]
+        errors = schema_errors(payload)
+        assert not errors, f"{payload.get('event')} does not match its schema: {errors}"
 
 
 @pytest.fixture
