@@ -74,7 +74,7 @@ class CallTools:
         return "Intent recorded. Continue the conversation."
 
     @function_tool()
-    async def lookup_crm(self, context: RunContext[CallRecord], phone_or_name: str) -> dict[str, Any] | str:
+    async def lookup_crm(self, context: RunContext[CallRecord], phone_or_name: str) -> str:
         """Look up a contact in the CRM by phone number or by name.
 
         Args:
@@ -109,11 +109,9 @@ class CallTools:
         )
         if contact is None:
             return "No matching contact was found in the CRM."
-        return {
-            "name": clean_text(contact.name),
-            "company": clean_text(contact.company),
-            "open_tickets": contact.open_tickets,
-        }
+        # JSON, because the framework would show the model a dict as Python's repr.
+        found = {"name": clean_text(contact.name), "company": clean_text(contact.company), "open_tickets": contact.open_tickets}
+        return json.dumps(found, ensure_ascii=False)
 
     @function_tool()
     async def update_crm_note(self, context: RunContext[CallRecord], note: str) -> str:

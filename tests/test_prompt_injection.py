@@ -8,7 +8,6 @@ what it requests even when the model obeys it.
 
 from __future__ import annotations
 
-import ast
 import json
 import sqlite3
 import unicodedata
@@ -205,7 +204,7 @@ async def test_session_lookup_returns_public_fields(llm, receiver, hostile_call)
     output = result.expect.next_event().is_function_call_output(is_error=False).event().item.output
     result.expect.next_event().is_message(role="assistant")
     # A dict returned by a tool reaches the model as its Python repr.
-    contact = ast.literal_eval(output)
+    contact = json.loads(output)
     assert contact == {"name": "Dana Lee", "company": "Northwind Labs", "open_tickets": 1}
     assert "dana.lee@example.com" not in output
     assert "+14155550100" not in output
@@ -219,7 +218,7 @@ async def test_session_lookup_hostile_contact_cleaned(llm, hostile_call):
 
     result.expect.next_event().is_function_call(name="lookup_crm")
     output = result.expect.next_event().is_function_call_output(is_error=False).event().item.output
-    contact = ast.literal_eval(output)
+    contact = json.loads(output)
     assert set(contact) == {"name", "company", "open_tickets"}
     assert contact["name"].startswith(INJECTION)
     assert len(contact["name"]) <= prompt.MAX_FIELD_CHARS
