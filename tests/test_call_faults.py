@@ -14,7 +14,14 @@ from dev_llm import REQUESTS
 from tests.conftest import received_events
 from tests.servers import serve
 from tests.sip_stub import SipError
-from tests.test_call_lifecycle import dispatch, events_of, wait_for_event, worker_env  # noqa: F401
+from tests.test_call_lifecycle import (  # noqa: F401
+    dispatch,
+    events_of,
+    talk_and_hang_up,
+    unanswered_call,
+    wait_for_event,
+    worker_env,
+)
 from tests.worker_harness import in_job, worker
 
 
@@ -34,9 +41,7 @@ async def test_dial_error_maps_to_outcome(worker_env, receiver, sip, error, outc
     stub.dial_error = error
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        ended = await unanswered_call(harness, receiver)
 
     assert ended["outcome"] == outcome
     assert ended["sip_status_code"] == error.sip_status_code

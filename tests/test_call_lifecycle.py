@@ -63,6 +63,30 @@ async def wait_for_event(receiver, event: str, timeout: float = 20) -> dict:
     return events_of(receiver, event)[0]
 
 
+async def talk_and_hang_up(harness, receiver, *lines: str, metadata: str | None = None):
+    """Dispatch a call, wait for the answer, say `lines`, then hang up as the callee.
+
+    Returns the job's CallRuntime and the call.ended payload, once the job is done.
+    """
+    job_id = await harness.launch(metadata or dispatch())
+    runtime = await harness.runtime(job_id)
+    await wait_for_event(receiver, "call.started")
+    for line in lines:
+        await say(runtime, line)
+    in_job(runtime, runtime.callee_left)
+    ended = await wait_for_event(receiver, "call.ended")
+    await harness.wait_job_done(job_id)
+    return runtime, ended
+
+
+async def unanswered_call(harness, receiver, metadata: str | None = None) -> dict:
+    """Dispatch a call that ends without an answer; return call.ended once the job is done."""
+    job_id = await harness.launch(metadata or dispatch())
+    ended = await wait_for_event(receiver, "call.ended")
+    await harness.wait_job_done(job_id)
+    return ended
+
+
 async def test_answered_call_hung_up_by_callee(worker_env, llm, receiver, sip, http, crm):
     stub, _ = sip
     llm.script.steps += [
@@ -72,13 +96,7 @@ async def test_answered_call_hung_up_by_callee(worker_env, llm, receiver, sip, h
     ]
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch(campaign="renewals"))
-        runtime = await harness.runtime(job_id)
-        await wait_for_event(receiver, "call.started")
-        await say(runtime, "I want to upgrade my plan")
-        in_job(runtime, runtime.callee_left)
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        _, ended = await talk_and_hang_up(harness, receiver, "I want to upgrade my plan", metadata=dispatch(campaign="renewals"))
 
     assert len(stub.dials) == 1
     assert stub.dials[0].sip_call_to == ASHA
@@ -109,9 +127,7 @@ async def test_dial_failure_ends_with_outcome(worker_env, receiver, sip, sip_sta
     stub.dial_error = SipError(sip_status_code=sip_status, sip_status=reason)
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        ended = await unanswered_call(harness, receiver)
 
     assert ended["outcome"] == outcome
     assert ended["sip_status_code"] == sip_status
@@ -127,14 +143,8 @@ async def test_transfer_success_ends_transferred(worker_env, llm, receiver, sip)
     llm.script.steps += ["Hello Asha.", ToolCall("transfer_call", {"destination": "billing"}), "Transferring."]
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        runtime = await harness.runtime(job_id)
-        await wait_for_event(receiver, "call.started")
-        await say(runtime, "Billing please")
-        # After a cold transfer the SIP participant leaves the room.
-        in_job(runtime, runtime.callee_left)
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        # After a cold transfer the SIP participant leaves the room, as in a hang-up.
+        _, ended = await talk_and_hang_up(harness, receiver, "Billing please")
 
     assert stub.transfers[0].transfer_to == "sip:+919800000099@trunk.example.invalid"
     names = [e["payload"]["event"] for e in received_events(receiver)]
@@ -149,13 +159,7 @@ async def test_transfer_failure_keeps_call(worker_env, llm, receiver, sip):
     llm.script.steps += ["Hello Asha.", ToolCall("transfer_call", {"destination": "billing"}), "Sorry, billing is unavailable."]
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        runtime = await harness.runtime(job_id)
-        await wait_for_event(receiver, "call.started")
-        await say(runtime, "Billing please")
-        in_job(runtime, runtime.callee_left)
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        _, ended = await talk_and_hang_up(harness, receiver, "Billing please")
 
     failed = events_of(receiver, "call.transfer_failed")
     assert len(failed) == 1
@@ -189,9 +193,7 @@ async def test_invalid_dispatch_not_dialed(worker_env, receiver, sip, metadata):
     stub, _ = sip
 
     async with worker() as harness:
-        job_id = await harness.launch(metadata)
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        ended = await unanswered_call(harness, receiver, metadata)
 
     assert stub.dials == []
     assert ended["outcome"] == "failed"

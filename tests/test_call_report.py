@@ -10,7 +10,14 @@ import agent
 from dev_llm import REQUESTS, ToolCall
 from tests.conftest import received_events
 from tests.sip_stub import SipError
-from tests.test_call_lifecycle import dispatch, events_of, wait_for_event, worker_env  # noqa: F401
+from tests.test_call_lifecycle import (  # noqa: F401
+    dispatch,
+    events_of,
+    talk_and_hang_up,
+    unanswered_call,
+    wait_for_event,
+    worker_env,
+)
 from tests.worker_harness import in_job, say, worker
 
 
@@ -55,9 +62,7 @@ async def test_voicemail_hangup_ends_without_talking(worker_env, llm, receiver, 
     detector(machine=True)
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        ended = await unanswered_call(harness, receiver)
 
     assert detector.holder["detector"].executed
     assert ended["outcome"] == "voicemail"
@@ -74,9 +79,7 @@ async def test_voicemail_message_left_then_hangup(worker_env, monkeypatch, llm, 
     detector(machine=True)
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        ended = await unanswered_call(harness, receiver)
 
     assert ended["outcome"] == "voicemail"
     assert ended["intents"] == []
@@ -90,13 +93,7 @@ async def test_human_answer_proceeds_to_greeting(worker_env, llm, receiver, sip,
     llm.script.steps += ["Hello Asha.", "How can I help?"]
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        runtime = await harness.runtime(job_id)
-        await wait_for_event(receiver, "call.started")
-        await say(runtime, "Hi")
-        in_job(runtime, runtime.callee_left)
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        _, ended = await talk_and_hang_up(harness, receiver, "Hi")
 
     assert detector.holder["detector"].executed
     assert ended["outcome"] == "completed"
@@ -108,13 +105,7 @@ async def test_transcript_and_usage_reported(worker_env, monkeypatch, llm, recei
     llm.script.steps += ["Hello Asha.", ToolCall("record_intent", {"intent": "upgrade"}), "Sure."]
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        runtime = await harness.runtime(job_id)
-        await wait_for_event(receiver, "call.started")
-        await say(runtime, "I want to upgrade")
-        in_job(runtime, runtime.callee_left)
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        _, ended = await talk_and_hang_up(harness, receiver, "I want to upgrade")
 
     kinds = [(entry["type"], entry.get("speaker") or entry.get("name")) for entry in ended["transcript"]]
     assert kinds == [
@@ -136,12 +127,7 @@ async def test_transcript_absent_by_default(worker_env, llm, receiver, sip):
     llm.script.steps += ["Hello Asha."]
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        runtime = await harness.runtime(job_id)
-        await wait_for_event(receiver, "call.started")
-        in_job(runtime, runtime.callee_left)
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        _, ended = await talk_and_hang_up(harness, receiver)
 
     assert ended["transcript"] is None
     assert ended["usage"]["llm_completion_tokens"] > 0
@@ -156,9 +142,7 @@ async def test_dial_failure_report(worker_env, receiver, sip, sip_status_code, o
     stub.dial_error = SipError(sip_status_code=sip_status_code, sip_status="carrier reason")
 
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        ended = await unanswered_call(harness, receiver)
 
     assert ended["outcome"] == outcome
     assert ended["ended_by"] == "system"
@@ -174,12 +158,7 @@ async def test_crm_activity_carries_report(worker_env, llm, receiver, sip, http,
 
     llm.script.steps += ["Hello Asha."]
     async with worker() as harness:
-        job_id = await harness.launch(dispatch())
-        runtime = await harness.runtime(job_id)
-        await wait_for_event(receiver, "call.started")
-        in_job(runtime, runtime.callee_left)
-        ended = await wait_for_event(receiver, "call.ended")
-        await harness.wait_job_done(job_id)
+        _, ended = await talk_and_hang_up(harness, receiver)
 
     async with http.get(f"{crm.url}/contacts/ct_1001", headers={"Authorization": f"Bearer {CRM_API_KEY}"}) as resp:
         activity = (await resp.json())["activities"][-1]
