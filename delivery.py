@@ -122,11 +122,17 @@ class OutboxDispatcher:
         self._wakeup.set()
 
     async def aclose(self) -> None:
+        """Stop delivering and release this dispatcher's leases.
+
+        A row whose attempt was cut short may have reached the receiver already; it
+        is sent again by the next process, which at-least-once delivery allows.
+        """
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._outbox.release(self.owner)
 
     async def run_once(self, *, call_id: str | None = None) -> int:
         """Claim due rows (of `call_id` only, when given) and attempt each once; return how many."""
@@ -143,6 +149,7 @@ class OutboxDispatcher:
         try:
             async with asyncio.timeout(timeout):
                 while await self._outbox.pending_count(call_id):
+                    self._wakeup.clear()
                     # Only this call's rows, so a slow receiver of another call cannot hold the drain.
                     if await self.run_once(call_id=call_id) == 0:
                         await self._wait(0.05)
@@ -157,14 +164,18 @@ class OutboxDispatcher:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the claim, not after it, so that a row stored while this
+            # round runs wakes the next round instead of waiting for the poll interval.
+            self._wakeup.clear()
             try:
                 attempted = await self.run_once()
+                delay = None if attempted else await self._idle_delay()
             except Exception:
                 # A locked or unreadable file must not stop delivery for good.
                 logger.exception("outbox delivery round failed; retrying after the poll interval")
-                attempted = 0
-            if attempted == 0:
-                await self._wait(await self._idle_delay())
+                delay = self._poll_interval
+            if delay is not None:
+                await self._wait(delay)
 
     async def _idle_delay(self) -> float:
         due = await self._outbox.next_due_at()
@@ -173,7 +184,6 @@ class OutboxDispatcher:
         return min(self._poll_interval, max(due - self._clock(), 0.01))
 
     async def _wait(self, seconds: float) -> None:
-        self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._wakeup.wait()
@@ -306,9 +316,14 @@ class OutboxQueue:
     the call's webhook events, nor the other way round.
     """
 
-    def __init__(self, outbox: Outbox, dispatcher: OutboxDispatcher) -> None:
+    def __init__(
+        self, outbox: Outbox, dispatcher: OutboxDispatcher, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.outbox = outbox
         self.dispatcher = dispatcher
+        # CRM rows get their created_at from this clock, so it must be the clock
+        # that the outbox and the dispatcher schedule rows by.
+        self._clock = clock
         self._crm_sequences: dict[str, int] = {}
 
     async def put(self, event: webhooks.WebhookEvent) -> None:
@@ -338,7 +353,7 @@ class OutboxQueue:
             sequence=sequence,
             name=kind,
             body=body.encode("utf-8"),
-            created_at=time.time(),
+            created_at=self._clock(),
         )
         await self.outbox.put(row)
         self.dispatcher.wake()

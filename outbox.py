@@ -153,6 +153,10 @@ class Outbox:
         """Record a failed attempt and release the lease until `next_attempt_at`."""
         await self._run(self._reschedule, row, next_attempt_at, status, error)
 
+    async def release(self, owner: str) -> int:
+        """Give up the leases `owner` holds on pending rows, so another process can send them now."""
+        return await self._run(self._release, owner)
+
     async def pending_count(self, call_id: str | None = None) -> int:
         return await self._run(self._pending_count, call_id)
 
@@ -282,17 +286,25 @@ class Outbox:
         if sum((event_id is not None, call_id is not None, all_dead)) != 1:
             raise ValueError("redeliver needs exactly one of event_id, call_id or all_dead")
 
+        # created_at and attempts restart, so a redelivered row gets the full retry schedule again.
         base = (
-            "UPDATE outbox SET status = 'pending', next_attempt_at = ?, finished_at = NULL,"
-            " lease_owner = NULL, lease_until = NULL WHERE status = 'dead'"
+            "UPDATE outbox SET status = 'pending', next_attempt_at = :now, created_at = :now, attempts = 0,"
+            " finished_at = NULL, lease_owner = NULL, lease_until = NULL WHERE status = 'dead'"
         )
         now = self._clock()
         if event_id is not None:
-            cursor = self._db.execute(base + " AND id = ?", (now, event_id))
+            cursor = self._db.execute(base + " AND id = :target", {"now": now, "target": event_id})
         elif call_id is not None:
-            cursor = self._db.execute(base + " AND call_id = ?", (now, call_id))
+            cursor = self._db.execute(base + " AND call_id = :target", {"now": now, "target": call_id})
         else:
-            cursor = self._db.execute(base, (now,))
+            cursor = self._db.execute(base, {"now": now})
+        return cursor.rowcount
+
+    def _release(self, owner: str) -> int:
+        cursor = self._db.execute(
+            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ? AND status = 'pending'",
+            (owner,),
+        )
         return cursor.rowcount
 
     def _purge(self, older_than_seconds: float) -> int:
