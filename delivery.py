@@ -243,7 +243,7 @@ def _extra(row: OutboxRow, *, attempt: int, status: int | None = None) -> dict[s
     }
 
 
-# CRM failures worth retrying; the others (401, 404, a malformed answer) fail the same way again.
+# CRM failures worth retrying. The others (401, 404, a malformed response) fail the same way again.
 _RETRYABLE_CRM_REASONS = frozenset({"timeout", "connection_failed", "rate_limited", "server_error"})
 
 

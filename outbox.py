@@ -104,7 +104,7 @@ class OutboxRow:
 
 
 def new_owner_id() -> str:
-    """A lease owner id unique to this process and object."""
+    """Return a lease owner id unique to this process and object."""
     return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
@@ -161,7 +161,7 @@ class Outbox:
         return await self._run(self._pending_count, call_id)
 
     async def next_due_at(self) -> float | None:
-        """The earliest time a pending row may be attempted, or None when none is pending."""
+        """Return the earliest time a pending row may be attempted, or None when none is pending."""
         return await self._run(self._next_due_at)
 
     async def rows(self, *, status: str | None = None, call_id: str | None = None) -> list[OutboxRow]:

@@ -2,9 +2,9 @@
 
     WEBHOOK_SECRET=... python examples/receiver.py --port 8790 --db events.sqlite3
 
-Delivery is at least once, so the same event can arrive twice; the primary key
-on `id` makes the second copy a no-op that still answers 200, which stops the
-sender from retrying.
+Delivery is at least once, so the same event can arrive twice. The primary key
+on `id` turns the second copy into a no-op that still returns 200, which stops
+the sender from retrying.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ async def receive(request: web.Request) -> web.Response:
     except WebhookVerificationError as err:
         return web.json_response({"error": str(err)}, status=401)
 
-    # A real service would hand this to a queue or do it in a thread; one small
-    # insert into a local file is fast enough here.
+    # A real service would hand this to a queue or a thread. One small insert into
+    # a local file is fast enough here.
     cursor = request.app[DB].execute(
         "INSERT OR IGNORE INTO events (id, call_id, sequence, event, body) VALUES (?, ?, ?, ?, ?)",
         (event["id"], event["call_id"], event["sequence"], event["event"], body.decode("utf-8")),
