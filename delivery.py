@@ -309,6 +309,20 @@ class RowSender:
         return AttemptResult(delivered=True)
 
 
+def webhook_row(event: webhooks.WebhookEvent) -> OutboxRow:
+    """Return the outbox row of a webhook event; the call's events form one stream."""
+    return OutboxRow(
+        id=event.id,
+        kind=WEBHOOK,
+        call_id=event.call_id,
+        stream=event.call_id,
+        sequence=event.sequence,
+        name=event.event,
+        body=event.body,
+        created_at=event.timestamp,
+    )
+
+
 class OutboxQueue:
     """Stores a call's webhook events and CRM writes in the outbox and wakes the dispatcher.
 
@@ -327,17 +341,7 @@ class OutboxQueue:
         self._crm_sequences: dict[str, int] = {}
 
     async def put(self, event: webhooks.WebhookEvent) -> None:
-        row = OutboxRow(
-            id=event.id,
-            kind=WEBHOOK,
-            call_id=event.call_id,
-            stream=event.call_id,
-            sequence=event.sequence,
-            name=event.event,
-            body=event.body,
-            created_at=event.timestamp,
-        )
-        await self.outbox.put(row)
+        await self.outbox.put(webhook_row(event))
         self.dispatcher.wake()
 
     async def put_crm_write(self, kind: str, *, call_id: str, contact_id: str, **fields: object) -> None:

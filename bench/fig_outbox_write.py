@@ -19,7 +19,8 @@ from bench.naive import post_with_new_session
 from bench.receiver import SECRET, VERIFY, receiver_process
 from bench.stats import summarize
 from bench.table import Row
-from outbox import WEBHOOK, Outbox, OutboxRow
+from delivery import webhook_row
+from outbox import Outbox
 from webhooks import WebhookEvent, build_event
 
 WRITERS = 10
@@ -69,17 +70,7 @@ async def run(*, writes: int) -> list[Row]:
 
 def _outbox_put(outbox: Outbox) -> Accept:
     async def put(event: WebhookEvent) -> None:
-        row = OutboxRow(
-            id=event.id,
-            kind=WEBHOOK,
-            call_id=event.call_id,
-            stream=event.call_id,
-            sequence=event.sequence,
-            name=event.event,
-            body=event.body,
-            created_at=event.timestamp,
-        )
-        await outbox.put(row)
+        await outbox.put(webhook_row(event))
 
     return put
 
