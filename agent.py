@@ -20,6 +20,7 @@ from livekit.agents import AMD, Agent, AgentServer, AgentSession, JobContext, Jo
 from livekit.agents.voice.events import CloseEvent
 from livekit.plugins import deepgram, openai, silero
 
+import log_redaction
 from call_lifecycle import (
     CallRuntime,
     DispatchError,
@@ -28,7 +29,6 @@ from call_lifecycle import (
     open_outbox_queue,
     parse_dispatch_metadata,
 )
-import log_redaction
 from call_record import INBOUND, CallRecord
 from phone import InvalidPhoneNumber, normalize_e164
 from prompt import build_instructions, greeting_instructions
@@ -44,9 +44,9 @@ INBOUND_WAIT_SECONDS = 20.0
 # Longest wait for VOICEMAIL_MESSAGE to finish playing before hanging up.
 VOICEMAIL_PLAYOUT_SECONDS = 30.0
 
-# Longest a job may take to exit once asked to stop: the end-of-call CRM writes
-# (3 s) plus the webhook drain (at most 8 s), with room to spare. The framework
-# kills the process after this.
+# Longest a job may take to exit once asked to stop. The end of a call waits at
+# most WEBHOOK_DRAIN_TIMEOUT (8 s or less) for its events and CRM writes, which
+# leaves room for closing the session. The framework kills the process after this.
 SHUTDOWN_PROCESS_TIMEOUT = 15.0
 
 # Calls running in this process, by job id, so that `on_session_end` finds the
