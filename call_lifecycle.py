@@ -203,7 +203,10 @@ class CallRuntime:
         """Store the call activity and every note the CRM has not confirmed in the outbox."""
         record = self.record
         queue = self.services.queue
-        if self.services.crm is None or record.contact_id is None or queue is None:
+        if self.services.crm is None or record.contact_id is None:
+            return
+        if queue is None:
+            await self._write_crm_directly()
             return
 
         for note in record.notes:
@@ -213,6 +216,28 @@ class CallRuntime:
         await queue.put_crm_write(
             CRM_ACTIVITY, call_id=record.call_id, contact_id=record.contact_id, activity=record.activity()
         )
+
+
+    async def _write_crm_directly(self) -> None:
+        """Write the activity and unconfirmed notes once, without the outbox, within CRM_TOOL_TIMEOUT each.
+
+        Used only when the outbox file could not be opened; a failure here is logged and not retried.
+        """
+        record = self.record
+        crm = self.services.crm
+        assert crm is not None and record.contact_id is not None
+        timeout = self.services.settings.crm_tool_timeout
+
+        writes = [crm.add_note(record.contact_id, text=n.text, call_id=record.call_id, timeout=timeout) for n in record.notes if not n.saved_to_crm]
+        writes.append(crm.log_call(record.contact_id, record.activity(), timeout=timeout))
+        for result in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(result, CrmError):
+                logger.error(
+                    "CRM write after the call failed and is not retried (no outbox)",
+                    extra={**self.log_fields, "reason": result.reason, "status": result.status},
+                )
+            elif isinstance(result, BaseException):
+                raise result
 
 
 def failed_record(*, room: str, job_id: str, reason: str) -> CallRecord:

@@ -374,6 +374,9 @@ async def _command(args: argparse.Namespace) -> int:
             _print_rows(row for row in rows if args.all or row.status != DELIVERED)
         elif args.command == "redeliver":
             count = await outbox.redeliver(event_id=args.event, call_id=args.call, all_dead=args.all_dead)
+            if count == 0:
+                print("no dead row matched; `python outbox.py list` shows the rows and their status", file=sys.stderr)
+                return 1
             print(f"{count} dead row(s) queued for delivery; a running worker sends them within seconds")
         else:
             count = await outbox.purge(older_than_seconds=args.older_than_days * 86400)
@@ -397,7 +400,7 @@ def _print_rows(rows: Iterable[OutboxRow]) -> None:
         )
         shown += 1
     if shown == 0:
-        print("no rows")
+        print("no rows to show (delivered rows appear with --all)")
 
 
 if __name__ == "__main__":

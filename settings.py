@@ -174,7 +174,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, mode: str = WORKE
 
     if settings.crm_base_url and not settings.crm_api_key:
         env.problem("CRM_API_KEY is missing: CRM_BASE_URL is set, so set CRM_API_KEY to the CRM's bearer token")
-    if webhook_url and not settings.webhook_secret:
+    if settings.crm_api_key and not env.text("CRM_BASE_URL"):
+        env.problem("CRM_BASE_URL is missing: CRM_API_KEY is set, so set the CRM's base URL, or unset CRM_API_KEY")
+    # Checked on the raw value, so that an invalid WEBHOOK_URL and a missing secret show up in one run.
+    if env.text("WEBHOOK_URL") and not settings.webhook_secret:
         env.problem(
             "WEBHOOK_SECRET is missing: WEBHOOK_URL is set, so set WEBHOOK_SECRET to the secret "
             "your receiver verifies signatures with, or unset WEBHOOK_URL"

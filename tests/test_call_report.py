@@ -168,3 +168,19 @@ async def test_crm_activity_carries_report(worker_env, llm, receiver, sip, http,
     assert activity["details"]["ended_by"] == "callee"
     assert activity["details"]["answered_at"] == ended["answered_at"]
     assert activity["details"]["ended_at"] == ended["ended_at"]
+
+
+async def test_outbox_unavailable_still_reports(worker_env, monkeypatch, llm, receiver, sip, http, crm):
+    from tests.conftest import CRM_API_KEY
+
+    # A path below a regular file cannot be created, so the outbox cannot open.
+    monkeypatch.setenv("OUTBOX_PATH", "/dev/null/outbox.sqlite3")
+    llm.script.steps += ["Hello Asha."]
+
+    async with worker() as harness:
+        _, ended = await talk_and_hang_up(harness, receiver)
+
+    async with http.get(f"{crm.url}/contacts/ct_1001", headers={"Authorization": f"Bearer {CRM_API_KEY}"}) as resp:
+        activities = (await resp.json())["activities"]
+    assert ended["outcome"] == "completed"
+    assert [activity["call_id"] for activity in activities] == [ended["call_id"]]

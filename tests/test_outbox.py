@@ -377,6 +377,13 @@ def test_outbox_command_rejects_missing_file(tmp_path: Path, capsys: pytest.Capt
     assert "does not exist" in capsys.readouterr().err
 
 
+async def test_outbox_command_redeliver_unknown_event_fails(store: Outbox, capsys: pytest.CaptureFixture[str]) -> None:
+    status = await run_command(["--path", str(store.path), "redeliver", "--event", "evt_" + "0" * 32])
+
+    assert status == 1
+    assert "no dead row matched" in capsys.readouterr().err
+
+
 # Dispatcher: webhooks
 
 

@@ -166,3 +166,16 @@ def test_agent_dev_missing_setting_exits_nonzero():
 
     assert result.returncode == 2
     assert "OUTBOUND_TRUNK_ID is missing" in result.stderr
+
+
+def test_settings_crm_key_without_url_rejected():
+    problems = problems_for({**WORKER_ENV, "CRM_API_KEY": "k"})
+
+    assert len(problems) == 1
+    assert problems[0].startswith("CRM_BASE_URL is missing")
+
+
+def test_settings_bad_webhook_url_and_missing_secret_both_named():
+    problems = problems_for({**WORKER_ENV, "WEBHOOK_URL": "http://hooks.example.com/calls"})
+
+    assert [problem.split(" ")[0] for problem in problems] == ["WEBHOOK_URL", "WEBHOOK_SECRET"]
