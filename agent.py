@@ -115,7 +115,7 @@ async def entrypoint(ctx: JobContext) -> None:
     services.calls = _Transfers(sip, settings)
 
     # Start the session before dialing so that it listens from the first moment
-    # of the call; it says nothing until the dial returns answered.
+    # of the call. It stays silent until the dial returns answered.
     await _start_session(ctx, session, agent, record)
     _watch_callee(ctx, runtime)
     if record.direction == INBOUND:

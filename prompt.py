@@ -1,8 +1,8 @@
 """The agent's instructions, with CRM text embedded as quoted data.
 
 CRM fields are written by anyone who can edit a contact, so they are treated
-as untrusted: control characters are removed, angle brackets dropped so the
-text cannot close the data block, every field is capped, and the block is
+as untrusted. Control characters are removed, and angle brackets are dropped so
+the text cannot close the data block. Every field is capped, and the block is
 serialised as JSON under a statement that it is data, not instructions.
 """
 

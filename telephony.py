@@ -67,7 +67,7 @@ class TransferResult:
 
 
 class CallControl(Protocol):
-    """What the tools need from the phone system: a transfer of the caller."""
+    """Phone-system operation the tools use: a transfer of the caller."""
 
     async def transfer(self, *, transfer_to: str) -> TransferResult: ...
 
@@ -118,7 +118,7 @@ class LiveKitSip:
             raise DialFailure(None, f"livekit unreachable: {type(err).__name__}") from err
 
     async def transfer(self, *, transfer_to: str, timeout: float = 40.0) -> TransferResult:
-        """Cold-transfer the room's SIP participant; success only when LiveKit says so."""
+        """Cold-transfer the room's SIP participant; reporting success only when LiveKit reports it."""
         request = api.TransferSIPParticipantRequest(
             room_name=self._room_name,
             participant_identity=self.participant_identity,
