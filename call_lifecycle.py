@@ -241,7 +241,7 @@ class CallRuntime:
 
 
 def failed_record(*, room: str, job_id: str, reason: str) -> CallRecord:
-    """A record for a dispatch that could not start a call."""
+    """Return a failed-call record for a dispatch that could not start a call."""
     record = CallRecord(phone=None, room=room, job_id=job_id)
     record.mark_dial_failed(outcome=FAILED, sip_status_code=None, reason=reason)
     return record

@@ -1,7 +1,7 @@
 """Delivery from the outbox: claim due rows, attempt each once, then record the result.
 
-One `OutboxDispatcher` runs per process. Job processes run one to send their
-call's events at once; the worker's main process runs one that keeps retrying
+One `OutboxDispatcher` runs per process. A job process runs one to send its
+call's events at once. The worker's main process runs one that keeps retrying
 whatever jobs leave behind, including rows of processes that died.
 
 A failed attempt is retried on a schedule of capped exponential backoff with

@@ -23,8 +23,8 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 TRANSFER_DEPARTMENTS = ("sales", "billing", "support")
 
-# Which settings a command needs: a worker places real calls, the console talks
-# text to an OpenAI-compatible endpoint only, and make_call only dispatches.
+# Modes, each with its own required settings. A worker places real calls, the
+# console talks text to an OpenAI-compatible endpoint only, and make_call only dispatches.
 WORKER = "worker"
 CONSOLE = "console"
 DISPATCH = "dispatch"

@@ -1,8 +1,8 @@
 """The four function tools of the call agent, as a mixin for `Agent` subclasses.
 
 Each tool records what happened in the `CallRecord` and reports it as a signed
-webhook. `CallEmitter.emit` only queues the event, so no tool answer waits for
-webhook delivery. CRM calls are bounded by `CRM_TOOL_TIMEOUT`.
+webhook. `CallEmitter.emit` only stores the event in the outbox, so no tool
+result waits for webhook delivery. CRM calls are bounded by `CRM_TOOL_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ TEXT_JOINERS = "\u200c\u200d"
 
 @dataclass
 class CallServices:
-    """What the tools act through; the call flow builds one per call."""
+    """Services the tools act through, built once per call by the call flow."""
 
     settings: Settings
     emitter: CallEmitter

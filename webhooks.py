@@ -669,7 +669,10 @@ class CallEmitter:
 
     @property
     def pending(self) -> int:
-        """Number of events emitted but not yet delivered or given up."""
+        """Number of events emitted but not yet delivered or given up, in memory mode.
+
+        Always 0 with a queue, whose pending rows live in the outbox file.
+        """
         return self._outbox.pending
 
     async def emit(self, event: str, fields: Mapping[str, object]) -> WebhookEvent:
